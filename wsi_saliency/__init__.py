@@ -1,0 +1,7 @@
+"""wsi_saliency: whole-slide tumour inference with hook-smoothed hidden-layer saliency."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
