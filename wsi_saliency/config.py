@@ -6,9 +6,31 @@ and spacing) > the defaults written here.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import re
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wsi_saliency.errors import ConfigError
 
 __all__ = [
+    "BACKENDS",
+    "BLENDS",
+    "HASH_EXCLUDED_KEYS",
+    "METHODS",
+    "SMOOTHINGS",
+    "TISSUE_METHODS",
+    "ConfigError",
     "InferenceConfig",
     "ModelConfig",
     "OutputConfig",
@@ -16,7 +38,35 @@ __all__ = [
     "SlideConfig",
     "TilingConfig",
     "TissueConfig",
+    "build_config",
+    "config_from_dict",
+    "config_hash",
+    "config_keys",
+    "config_to_dict",
+    "load_config",
+    "validate_device",
 ]
+
+#: Slide reader backends (``slide.backend``).
+BACKENDS: tuple[str, ...] = ("auto", "openslide", "tiffslide")
+#: Tissue detection methods (``tissue.method``).
+TISSUE_METHODS: tuple[str, ...] = ("otsu", "fixed")
+#: Saliency methods (``model.method``).
+METHODS: tuple[str, ...] = (
+    "gradient",
+    "gradient-x-activation",
+    "integrated-gradients",
+    "deeplift",
+    "grad-cam",
+)
+#: Smoothing of the strided convolutions (``model.smoothing``).
+SMOOTHINGS: tuple[str, ...] = ("none", "backward-hook", "forward-hook")
+#: Blending of overlapping tiles (``output.blend``).
+BLENDS: tuple[str, ...] = ("uniform", "hann")
+#: Keys that do not change a slide's outputs and are left out of :func:`config_hash`:
+#: the model directory's location (its weights are hashed instead) and how fast
+#: tiles are fed (batch size, reader workers).
+HASH_EXCLUDED_KEYS: tuple[str, ...] = ("model.path", "inference.batch_size", "inference.workers")
 
 
 @dataclass(frozen=True)
@@ -141,3 +191,427 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# --------------------------------------------------------------------------------------
+# YAML + command-line merge and validation
+# --------------------------------------------------------------------------------------
+
+_SECTIONS: tuple[tuple[str, type], ...] = (
+    ("slide", SlideConfig),
+    ("tissue", TissueConfig),
+    ("tiling", TilingConfig),
+    ("model", ModelConfig),
+    ("inference", InferenceConfig),
+    ("output", OutputConfig),
+)
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# Command-line option that sets a key, where it is not ``--<field-name>``.
+_CLI_LABELS = types.MappingProxyType(
+    {"model.path": "--model", "slide.backend": "--backend", "tissue.method": "--tissue-method"}
+)
+
+
+def config_keys() -> dict[str, tuple[str, ...]]:
+    """Return the valid keys of every config section.
+
+    Returns
+    -------
+    dict
+        ``{section: (field, ...)}`` in declaration order.
+    """
+    return {name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in _SECTIONS}
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML run configuration.
+
+    Parameters
+    ----------
+    path
+        YAML file with the sections of :class:`RunConfig` (``slide``, ``tissue``,
+        ``tiling``, ``model``, ``inference``, ``output``). An empty file is an empty
+        configuration.
+
+    Returns
+    -------
+    dict
+        The parsed mapping (not yet validated; see :func:`build_config`).
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or unreadable, is not valid YAML, or is not a mapping.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {p}: cannot be read ({exc.strerror or exc}); check the --config path"
+        ) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {p}: {problem}{where}; fix the YAML syntax") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {p}: top level must be a mapping of sections "
+            f"({', '.join(config_keys())}), not {type(data).__name__}"
+        )
+    return data
+
+
+def _suggest(word: str, choices: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _label(key: str, origin: str) -> str:
+    """How a key is named in a message: the config file key or the command-line option."""
+    if origin == "cli":
+        opt = _CLI_LABELS.get(key, "--" + key.split(".", 1)[1].replace("_", "-"))
+        return f"command line: {opt}"
+    return f"{origin}: {key}"
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """Coerce ``value`` to the type ``hint``; return ``(ok, value)``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return (type(None) in args), None
+        # Try the most specific member first (int before float before str).
+        order: dict[Any, int] = {int: 0, float: 1, tuple: 2, str: 3}
+        members = sorted(
+            (a for a in args if a is not type(None)),
+            key=lambda a: order.get(typing.get_origin(a) or a, 9),
+        )
+        for member in members:
+            ok, coerced = _coerce(value, member)
+            if ok:
+                return True, coerced
+        return False, value
+    if value is None:
+        return False, value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            return False, value
+        out = []
+        for item, item_hint in zip(value, args, strict=True):
+            ok, coerced = _coerce(item, item_hint)
+            if not ok:
+                return False, value
+            out.append(coerced)
+        return True, tuple(out)
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, int):
+            return True, value
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value)
+        return False, value
+    if hint is float:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, (int, float)):
+            return True, float(value)
+        if isinstance(value, str):  # PyYAML reads ``1e-3`` as a string (YAML 1.1)
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if hint is str:
+        return isinstance(value, str), value
+    return False, value  # pragma: no cover - every field type is handled above
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        if type(None) in args:
+            names.append("null")
+        return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+    if origin is tuple:
+        return f"a list of {len(args)} numbers"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        hint, str(hint)
+    )
+
+
+def _in_range(
+    x: float, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
+) -> bool:
+    if not math.isfinite(x):
+        return False
+    ok_lo = x > lo if lo_open else x >= lo
+    ok_hi = x < hi if hi_open else x <= hi
+    return ok_lo and ok_hi
+
+
+def validate_device(device: str) -> bool:
+    """Whether ``device`` names a device the pipeline accepts.
+
+    Parameters
+    ----------
+    device
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Returns
+    -------
+    bool
+        True when the name is valid (not whether the device is present).
+    """
+    return bool(_DEVICE_RE.match(device))
+
+
+def _choice(value: str, choices: tuple[str, ...]) -> str | None:
+    if value in choices:
+        return None
+    return f"unknown value '{value}' (choose from {', '.join(choices)}){_suggest(value, choices)}"
+
+
+def _check_value(key: str, value: Any) -> str | None:  # noqa: C901 - one flat table of rules
+    """Return what is wrong with an (already type-coerced) value, or None."""
+    if value is None:
+        return None
+    if key == "slide.backend":
+        return _choice(value, BACKENDS)
+    if key == "slide.mpp":
+        return None if _in_range(value, 0, 1000, lo_open=True) else f"{value} must be > 0 (um/px)"
+    if key == "slide.mpp_sidecar":
+        return (
+            None
+            if value == "" or "{" in value
+            else (
+                f"'{value}' must contain {{stem}} or {{name}} (e.g. '{{stem}}.mpp.json'), or be empty"
+            )
+        )
+    if key == "tissue.method":
+        return _choice(value, TISSUE_METHODS)
+    if key == "tissue.threshold":
+        return None if _in_range(value, 0, 1) else f"{value} must be in [0, 1]"
+    if key == "tissue.spacing":
+        return None if _in_range(value, 0, 1e6, lo_open=True) else f"{value} must be > 0 (um/px)"
+    if key == "tissue.min_object_um2":
+        return None if _in_range(value, 0, math.inf, hi_open=True) else f"{value} must be >= 0"
+    if key == "tiling.tile_size":
+        return None if value >= 2 else f"{value} must be >= 2 (pixels)"
+    if key == "tiling.spacing":
+        return None if _in_range(value, 0, 1e6, lo_open=True) else f"{value} must be > 0 (um/px)"
+    if key == "tiling.overlap":
+        return None if _in_range(value, 0, 1, hi_open=True) else f"{value} must be in [0, 1)"
+    if key == "tiling.min_tissue":
+        return None if _in_range(value, 0, 1) else f"{value} must be in [0, 1]"
+    if key == "model.layer":
+        return None if value.strip() else "must not be empty (leave it out for the model's layer)"
+    if key == "model.method":
+        return _choice(value, METHODS)
+    if key == "model.smoothing":
+        return _choice(value, SMOOTHINGS)
+    if key == "model.target":
+        if isinstance(value, int):
+            return None if value >= 0 else f"{value} must be a class index >= 0 or a class name"
+        return None if value.strip() else "must be a class name or index"
+    if key == "inference.device":
+        if validate_device(value):
+            return None
+        return f"unknown device '{value}' (use auto, cpu, cuda, cuda:N or mps)"
+    if key == "inference.batch_size":
+        return None if value >= 1 else f"{value} must be >= 1"
+    if key == "inference.workers":
+        return None if value >= 0 else f"{value} must be >= 0 (0 reads tiles in the main process)"
+    if key == "output.threshold":
+        return None if _in_range(value, 0, 1) else f"{value} must be in [0, 1]"
+    if key == "output.saliency_range":
+        lo, hi = value
+        if math.isfinite(lo) and math.isfinite(hi) and lo < hi:
+            return None
+        return f"{list(value)} must be [vmin, vmax] with vmin < vmax"
+    if key == "output.blend":
+        return _choice(value, BLENDS)
+    return None
+
+
+def _apply(values: dict[str, dict[str, Any]], key: str, raw: Any, origin: str) -> None:
+    section, name = key.split(".", 1)
+    cls = dict(_SECTIONS)[section]
+    hint = _type_hints(cls)[name]
+    ok, value = _coerce(raw, hint)
+    where = _label(key, origin)
+    if not ok:
+        raise ConfigError(f"{where} = {raw!r} must be {_type_name(hint)}")
+    problem = _check_value(key, value)
+    if problem is not None:
+        raise ConfigError(f"{where}: {problem}")
+    values[section][name] = value
+
+
+def _check_key(section: str, name: str | None, origin: str) -> None:
+    keys = config_keys()
+    label = origin if origin != "cli" else "command line"
+    if section not in keys:
+        raise ConfigError(
+            f"{label}: unknown section '{section}'{_suggest(section, keys)} "
+            f"(sections: {', '.join(keys)})"
+        )
+    if name is not None and name not in keys[section]:
+        elsewhere = [f"{s}.{k}" for s, ks in keys.items() for k in ks if k == name]
+        if elsewhere:  # the key belongs to another section
+            hint = f"; did you mean '{elsewhere[0]}'?"
+        else:
+            close = difflib.get_close_matches(name, keys[section], n=1, cutoff=0.6)
+            hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"{label}: unknown key '{section}.{name}'{hint} "
+            f"(keys of '{section}': {', '.join(keys[section])})"
+        )
+
+
+def build_config(
+    yaml_dict: Mapping[str, Any] | None = None,
+    cli_overrides: Mapping[str, Any] | None = None,
+    *,
+    source: str | Path | None = None,
+) -> RunConfig:
+    """Merge a YAML configuration and command-line values into a validated RunConfig.
+
+    Precedence: command line > YAML > the defaults of the dataclasses. Tile size and
+    spacing left ``None`` are taken from the model's config.json later.
+
+    Parameters
+    ----------
+    yaml_dict
+        Nested mapping ``{section: {key: value}}`` as read by :func:`load_config`.
+    cli_overrides
+        Flat mapping of dotted keys (``"tiling.overlap"``) to values; ``None`` values
+        mean "not given" and are ignored.
+    source
+        Name of the YAML file, used in error messages.
+
+    Returns
+    -------
+    RunConfig
+
+    Raises
+    ------
+    ConfigError
+        Unknown section or key (with the closest valid one suggested), a value of the
+        wrong type, or a bad value; the message names the config file or option.
+    """
+    origin = f"config file {source}" if source is not None else "config"
+    values: dict[str, dict[str, Any]] = {name: {} for name, _ in _SECTIONS}
+    for section, body in (yaml_dict or {}).items():
+        _check_key(str(section), None, origin)
+        if body is None:
+            continue
+        if not isinstance(body, Mapping):
+            raise ConfigError(
+                f"{origin}: section '{section}' must be a mapping of keys, "
+                f"not {type(body).__name__}"
+            )
+        for name, raw in body.items():
+            _check_key(str(section), str(name), origin)
+            _apply(values, f"{section}.{name}", raw, origin)
+    for key, raw in (cli_overrides or {}).items():
+        if raw is None:
+            continue
+        if "." not in key:
+            raise ConfigError(
+                f"command line: key '{key}' must be 'section.key' (e.g. tiling.overlap)"
+            )
+        section, name = key.split(".", 1)
+        _check_key(section, name, "cli")
+        _apply(values, key, raw, "cli")
+    return _make(values)
+
+
+def _make(values: Mapping[str, Mapping[str, Any]]) -> RunConfig:
+    sections = {name: cls(**values.get(name, {})) for name, cls in _SECTIONS}
+    return RunConfig(**sections)
+
+
+def config_to_dict(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """Return the configuration as a canonical JSON-able nested dict.
+
+    Parameters
+    ----------
+    config
+        A run configuration.
+
+    Returns
+    -------
+    dict
+        ``{section: {key: value}}`` with tuples as lists; :func:`config_from_dict`
+        (or :func:`build_config`) turns it back into an equal RunConfig.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, _ in _SECTIONS:
+        section = getattr(config, name)
+        out[name] = {
+            f.name: (list(v) if isinstance(v := getattr(section, f.name), tuple) else v)
+            for f in dataclasses.fields(section)
+        }
+    return out
+
+
+def config_from_dict(data: Mapping[str, Any], *, source: str | Path | None = None) -> RunConfig:
+    """Validate a nested dict (e.g. from ``run.json``) into a RunConfig.
+
+    Parameters
+    ----------
+    data
+        ``{section: {key: value}}``; missing keys take their defaults.
+    source
+        Name used in error messages.
+
+    Returns
+    -------
+    RunConfig
+    """
+    return build_config(data, None, source=source)
+
+
+def config_hash(config: RunConfig, weights_sha256: str) -> str:
+    """Hash of everything that decides a slide's outputs, for resuming a batch.
+
+    The canonical JSON of :func:`config_to_dict` without :data:`HASH_EXCLUDED_KEYS`
+    (model location, batch size, reader workers), together with the model's weights
+    hash, hashed with SHA-256.
+
+    Parameters
+    ----------
+    config
+        The effective configuration (tile size and spacing resolved from the model
+        where they were ``None``).
+    weights_sha256
+        SHA-256 of the model weights.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    data = config_to_dict(config)
+    for key in HASH_EXCLUDED_KEYS:
+        section, name = key.split(".", 1)
+        data[section].pop(name, None)
+    payload = {"config": data, "weights_sha256": weights_sha256}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "InputError",
     "InvalidModelError",
     "LayerNotFoundError",
     "MissingMppError",
@@ -19,6 +20,7 @@ __all__ = [
     "SaliencyUnsupportedError",
     "SlideOpenError",
     "SlideTooSmallError",
+    "StitchError",
     "UnsafeWeightsError",
     "UnsupportedPixelTypeError",
     "WsiSaliencyError",
@@ -74,3 +76,11 @@ class SaliencyUnsupportedError(WsiSaliencyError, ValueError):
 
 class OutputError(WsiSaliencyError, OSError):
     """An output folder cannot be created or written."""
+
+
+class InputError(WsiSaliencyError, ValueError):
+    """A batch input (file, folder, glob pattern or list file) names no usable slide."""
+
+
+class StitchError(WsiSaliencyError, ValueError):
+    """Tile results do not fit the stitcher (wrong shapes, indices, a tile added twice)."""

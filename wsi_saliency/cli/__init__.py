@@ -9,10 +9,13 @@ from __future__ import annotations
 import click
 
 from wsi_saliency import __version__
-from wsi_saliency.cli.demo import demo
-from wsi_saliency.cli.layers import layers
-from wsi_saliency.cli.run import run
-from wsi_saliency.cli.tiles import tiles
+
+# Commands are imported under other names so that ``wsi_saliency.cli.run`` (etc.) stays
+# the submodule, not the click command (monkeypatching and ``import ... as`` rely on it).
+from wsi_saliency.cli.demo import demo as demo_command
+from wsi_saliency.cli.layers import layers as layers_command
+from wsi_saliency.cli.run import run as run_command
+from wsi_saliency.cli.tiles import tiles as tiles_command
 
 __all__ = ["cli", "main"]
 
@@ -23,10 +26,10 @@ def cli() -> None:
     """Whole-slide tumour inference with smoothed hidden-layer saliency heatmaps."""
 
 
-cli.add_command(tiles)
-cli.add_command(layers)
-cli.add_command(run)
-cli.add_command(demo)
+cli.add_command(tiles_command)
+cli.add_command(layers_command)
+cli.add_command(run_command)
+cli.add_command(demo_command)
 
 
 def main() -> None:

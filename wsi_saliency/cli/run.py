@@ -1,11 +1,299 @@
-"""`wsi-saliency run` (placeholder until its issue lands)."""
+"""``wsi-saliency run INPUT... --out DIR``: the batch job."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
 import click
+import yaml
+
+from wsi_saliency.batch import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    BatchSummary,
+    discover_slides,
+    prepare_output_dir,
+    run_batch,
+)
+from wsi_saliency.cli._logging import (
+    ProgressReporter,
+    logging_options,
+    progress_enabled,
+    setup_logging,
+)
+from wsi_saliency.config import (
+    BACKENDS,
+    METHODS,
+    SMOOTHINGS,
+    RunConfig,
+    build_config,
+    load_config,
+)
+from wsi_saliency.errors import WsiSaliencyError
+
+if TYPE_CHECKING:
+    from wsi_saliency.models import LoadedModel
+
+__all__ = ["UsageFailure", "execute_batch", "parse_set_options", "run"]
+
+
+class UsageFailure(click.ClickException):
+    """A problem found before any work started (exit status 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
+    """Parse ``--set section.key=value`` options; values are read as YAML scalars.
+
+    Parameters
+    ----------
+    items
+        Strings ``"section.key=value"``.
+
+    Returns
+    -------
+    dict
+        Dotted key to value.
+
+    Raises
+    ------
+    UsageFailure
+        An item has no ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageFailure(
+                f"--set {item!r}: expected section.key=value (e.g. tiling.overlap=0.5)"
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _load_model(path: str | None) -> LoadedModel:
+    from wsi_saliency.models import load_model
+
+    return load_model(path)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (``docker stop``) like Ctrl-C so the batch cleans up."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_summary(summary: BatchSummary) -> None:
+    counts = summary.counts()
+    n = len(summary.records)
+    click.echo(
+        f"{n} slide{'s' if n != 1 else ''}: {counts['done']} done, "
+        f"{counts['skipped']} skipped, {counts['failed']} failed"
+    )
+    for r in summary.records:
+        if r.status == "failed":
+            click.echo(f"  failed   {r.input}: {r.error}")
+        elif r.output is not None:
+            click.echo(f"  {r.status:<8} {r.output}")
+    click.echo(f"summary: {summary.path}")
+
+
+def execute_batch(
+    inputs: Sequence[str],
+    out: Path,
+    *,
+    yaml_path: Path | None,
+    overrides: Mapping[str, Any],
+    overwrite: bool,
+    quiet: bool,
+    log_format: str,
+    yaml_dict: Mapping[str, Any] | None = None,
+) -> tuple[BatchSummary, RunConfig]:
+    """Validate everything, load the model once, then run the batch.
+
+    Parameters
+    ----------
+    inputs
+        Slide files, folders, glob patterns or list files.
+    out
+        Output folder.
+    yaml_path
+        YAML config file, if any.
+    overrides
+        Dotted keys from the command line (``None`` = not given).
+    overwrite
+        Redo complete slides.
+    quiet, log_format
+        Control the progress bars.
+    yaml_dict
+        A configuration mapping used instead of reading ``yaml_path``.
+
+    Returns
+    -------
+    (BatchSummary, RunConfig)
+
+    Raises
+    ------
+    UsageFailure
+        Bad configuration, inputs, output folder or model (nothing was run).
+    KeyboardInterrupt
+        After the batch cleaned up and wrote its summary.
+    """
+    try:
+        if yaml_dict is None:
+            yaml_dict = load_config(yaml_path) if yaml_path is not None else {}
+        config = build_config(yaml_dict, overrides, source=yaml_path)
+        out_dir = prepare_output_dir(out)
+        slides = discover_slides(inputs, exclude=[out_dir])
+        model = _load_model(config.model.path)
+    except (WsiSaliencyError, OSError) as exc:
+        raise UsageFailure(str(exc)) from exc
+    reporter = ProgressReporter(enabled=progress_enabled(quiet=quiet, log_format=log_format))
+    with _sigterm_as_interrupt():
+        summary = run_batch(slides, out_dir, config, model, overwrite=overwrite, reporter=reporter)
+    return summary, config
+
+
+def _target(value: str | None) -> str | int | None:
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else value
 
 
 @click.command(name="run")
-def run() -> None:
-    """Not implemented yet."""
-    raise click.ClickException("'run' is not implemented yet")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder; each slide's outputs go to OUT/<slide-stem>/.",
+)
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML run configuration; command-line options override it.",
+)
+@click.option("--model", "-m", default=None, help="Model directory [default: bundled demo model].")
+@click.option("--layer", default=None, help="Layer explained [default: the model's].")
+@click.option("--method", type=click.Choice(METHODS), default=None, help="Saliency method.")
+@click.option("--smoothing", type=click.Choice(SMOOTHINGS), default=None, help="Smoothing hooks.")
+@click.option("--target", default=None, help="Class explained, name or index [default: tumour].")
+@click.option("--mpp", type=float, default=None, help="Level-0 um/px for every slide (override).")
+@click.option(
+    "--mpp-sidecar",
+    default=None,
+    help="Per-slide spacing file beside each slide [default: {stem}.mpp.json].",
+)
+@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Slide reader.")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [default: auto].")
+@click.option("--batch-size", type=int, default=None, help="Tiles per model batch [default: 32].")
+@click.option("--workers", type=int, default=None, help="Tile-reading workers [default: 2].")
+@click.option("--tile-size", type=int, default=None, help="Tile px [default: the model's].")
+@click.option("--spacing", type=float, default=None, help="Tile um/px [default: the model's].")
+@click.option("--overlap", type=float, default=None, help="Tile overlap in [0, 1) [default: 0].")
+@click.option("--min-tissue", type=float, default=None, help="Min tissue fraction [default: 0.25].")
+@click.option(
+    "--set",
+    "-s",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any config key, e.g. --set output.blend=hann (repeatable).",
+)
+@click.option("--overwrite", is_flag=True, help="Redo slides whose outputs are complete.")
+@logging_options
+def run(
+    inputs: tuple[str, ...],
+    out: Path,
+    config_path: Path | None,
+    model: str | None,
+    layer: str | None,
+    method: str | None,
+    smoothing: str | None,
+    target: str | None,
+    mpp: float | None,
+    mpp_sidecar: str | None,
+    backend: str | None,
+    device: str | None,
+    batch_size: int | None,
+    workers: int | None,
+    tile_size: int | None,
+    spacing: float | None,
+    overlap: float | None,
+    min_tissue: float | None,
+    sets: tuple[str, ...],
+    overwrite: bool,
+    quiet: bool,
+    log_level: str | None,
+    log_format: str,
+) -> None:
+    """Run tumour inference and saliency on slides and write heatmaps.
+
+    INPUT is a slide file, a folder (searched recursively), a quoted glob pattern or a
+    .txt file listing paths. Precedence: options > --config YAML > defaults. Slides
+    whose outputs are complete for the same configuration and model are skipped.
+
+    Exit status: 0 all done or skipped, 1 any slide failed, 2 usage error,
+    130 interrupted.
+    """
+    setup_logging(log_level, log_format, quiet=quiet)
+    overrides: dict[str, Any] = parse_set_options(sets)
+    options: dict[str, Any] = {
+        "model.path": model,
+        "model.layer": layer,
+        "model.method": method,
+        "model.smoothing": smoothing,
+        "model.target": _target(target),
+        "slide.mpp": mpp,
+        "slide.mpp_sidecar": mpp_sidecar,
+        "slide.backend": backend,
+        "inference.device": device,
+        "inference.batch_size": batch_size,
+        "inference.workers": workers,
+        "tiling.tile_size": tile_size,
+        "tiling.spacing": spacing,
+        "tiling.overlap": overlap,
+        "tiling.min_tissue": min_tissue,
+    }
+    overrides.update({k: v for k, v in options.items() if v is not None})
+    try:
+        summary, _ = execute_batch(
+            inputs,
+            out,
+            yaml_path=config_path,
+            overrides=overrides,
+            overwrite=overwrite,
+            quiet=quiet,
+            log_format=log_format,
+        )
+    except KeyboardInterrupt:
+        click.echo("interrupted; temporary files removed, batch-summary.json updated", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    if not quiet:
+        _print_summary(summary)
+    raise SystemExit(summary.exit_code)

@@ -1,11 +1,207 @@
-"""`wsi-saliency tiles` (placeholder until its issue lands)."""
+"""``wsi-saliency tiles``: preview tissue detection and the tile grid of slides.
+
+For every slide it writes ``DIR/<slide-stem>/tissue.png`` (thumbnail with the tissue
+contour) and ``DIR/<slide-stem>/tiles.geojson`` (tile outlines in level-0 pixels,
+importable into QuPath) and prints the tile count. A slide that fails prints one line
+naming the file and the fix, leaves no folder behind, and the other slides go on; the
+exit status is 1 when any slide failed.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
 import click
+
+from wsi_saliency.errors import OutputError, WsiSaliencyError
+from wsi_saliency.readers import BACKENDS, open_slide
+from wsi_saliency.tiling import grid_geojson, make_grid
+from wsi_saliency.tissue import mask_from_thumbnail, save_tissue_png, thumbnail_at_spacing
+
+__all__ = ["tile_slide", "tiles"]
+
+
+def _fill(pattern: str, slide: Path) -> str:
+    return pattern.replace("{stem}", slide.stem).replace("{name}", slide.name)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Move a finished temp folder into place, replacing an older result atomically."""
+    old: Path | None = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def tile_slide(
+    slide: Path,
+    out_dir: Path,
+    *,
+    mpp: float | None = None,
+    tile_size: int = 224,
+    spacing: float = 0.5,
+    overlap: float = 0.0,
+    min_tissue: float = 0.25,
+    backend: str = "auto",
+    roi: str | None = None,
+    tissue_method: str = "otsu",
+    tissue_threshold: float | None = None,
+    tissue_spacing: float = 8.0,
+    min_object_um2: float = 20000.0,
+    object_type: str = "tile",
+) -> tuple[int, Path]:
+    """Tile one slide into ``out_dir/<stem>``; return the tile count and the folder.
+
+    All outputs are written into a temporary sibling folder that is renamed into
+    place only when complete, so a failure leaves nothing behind.
+
+    Raises
+    ------
+    WsiSaliencyError
+        Any of the slide, spacing, tissue or output errors.
+    """
+    final = out_dir / slide.stem
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
+    with open_slide(slide, backend=backend, mpp=mpp) as reader:
+        thumb, ds = thumbnail_at_spacing(reader, tissue_spacing)
+        mask = mask_from_thumbnail(
+            thumb,
+            downsample=ds,
+            spacing=tissue_spacing,
+            method=tissue_method,
+            threshold=tissue_threshold,
+            min_object_um2=min_object_um2,
+            roi=_fill(roi, slide) if roi else None,
+            slide_dimensions=reader.info.dimensions,
+            name=str(slide),
+        )
+        grid = make_grid(
+            reader.info,
+            mask,
+            tile_size=tile_size,
+            spacing=spacing,
+            overlap=overlap,
+            min_tissue=min_tissue,
+        )
+    tmp = out_dir / f".{slide.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()  # honours the umask, unlike tempfile.mkdtemp
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot write into the output folder ({exc.strerror})") from exc
+    try:
+        save_tissue_png(thumb, mask, tmp / "tissue.png")
+        with open(tmp / "tiles.geojson", "w", encoding="utf-8") as fh:
+            json.dump(grid_geojson(grid, object_type=object_type), fh)
+        _publish(tmp, final)
+    except OSError as exc:
+        raise OutputError(f"{final}: cannot write outputs ({exc}); check the disk and permissions") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return len(grid), final
 
 
 @click.command(name="tiles")
-def tiles() -> None:
-    """Not implemented yet."""
-    raise click.ClickException("'tiles' is not implemented yet")
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder; each slide gets OUT/<slide-stem>/.")
+@click.option("--mpp", type=float, default=None,
+              help="Level-0 spacing in um/px for every slide (overrides slide metadata).")
+@click.option("--tile-size", type=click.IntRange(min=1), default=224, show_default=True,
+              help="Tile width = height in pixels at --spacing.")
+@click.option("--spacing", type=click.FloatRange(min=0, min_open=True), default=0.5,
+              show_default=True, help="Tile spacing in um/px.")
+@click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              show_default=True, help="Fraction of a tile shared with its neighbour.")
+@click.option("--min-tissue", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="Smallest tissue fraction of a kept tile.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Slide reader: OpenSlide with tiffslide fallback, or one of them.")
+@click.option("--roi", type=str, default=None,
+              help="Region of interest restricting tiling: mask image (any scale) or GeoJSON "
+                   "(level-0 px); {stem}/{name} are replaced per slide.")
+@click.option("--tissue-method", type=click.Choice(["otsu", "fixed"]), default="otsu",
+              show_default=True, help="Tissue detection method.")
+@click.option("--tissue-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Saturation threshold (0..1) for --tissue-method fixed.")
+@click.option("--tissue-spacing", type=click.FloatRange(min=0, min_open=True), default=8.0,
+              show_default=True, help="Thumbnail spacing (um/px) for tissue detection.")
+@click.option("--object-type", type=click.Choice(["tile", "detection"]), default="tile",
+              show_default=True, help="QuPath objectType of the tile features.")
+def tiles(
+    slides: tuple[Path, ...],
+    out: Path,
+    mpp: float | None,
+    tile_size: int,
+    spacing: float,
+    overlap: float,
+    min_tissue: float,
+    backend: str,
+    roi: str | None,
+    tissue_method: str,
+    tissue_threshold: float | None,
+    tissue_spacing: float,
+    object_type: str,
+) -> None:
+    """Preview tissue detection and the tile grid: writes tissue.png and tiles.geojson."""
+    # tifffile logs parse warnings for broken files; the one-line errors below say it all
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    failed = 0
+    seen: dict[str, Path] = {}
+    for slide in slides:
+        if slide.stem in seen:
+            click.echo(
+                f"error: {slide}: same name stem as {seen[slide.stem]}; its outputs would "
+                "overwrite each other - rename one or tile them into different --out folders",
+                err=True,
+            )
+            failed += 1
+            continue
+        seen[slide.stem] = slide
+        try:
+            n, folder = tile_slide(
+                slide,
+                out,
+                mpp=mpp,
+                tile_size=tile_size,
+                spacing=spacing,
+                overlap=overlap,
+                min_tissue=min_tissue,
+                backend=backend,
+                roi=roi,
+                tissue_method=tissue_method,
+                tissue_threshold=tissue_threshold,
+                tissue_spacing=tissue_spacing,
+                object_type=object_type,
+            )
+        except WsiSaliencyError as exc:
+            msg = " ".join(str(exc).split())
+            if str(slide) not in msg and slide.name not in msg:
+                msg = f"{slide}: {msg}"
+            click.echo(f"error: {msg}", err=True)
+            failed += 1
+            continue
+        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the others
+            msg = " ".join(str(exc).split())
+            click.echo(f"error: {slide}: unexpected {type(exc).__name__}: {msg}", err=True)
+            failed += 1
+            continue
+        click.echo(f"{slide}: {n} tiles ({tile_size} px at {spacing:g} um/px) -> {folder}")
+    if failed:
+        click.get_current_context().exit(1)

@@ -1,0 +1,290 @@
+"""End-to-end per-slide job: alignment of the written heatmaps with planted tumour.
+
+The slide is generated with :mod:`wsi_saliency.synthetic` (planted tumour polygons);
+the model is a tiny hand-built network whose tumour logit is a known function of colour:
+``logit_tumour = K * (mean(B - R) - C)`` over the tile (pixels scaled to 0..1), and
+``logit_normal = 0``. Synthetic tumour is bluer than normal tissue (B - R about +0.1
+against -0.12), so the model separates them with no training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from safetensors.torch import save_file
+
+from wsi_saliency import synthetic
+from wsi_saliency.config import InferenceConfig, ModelConfig, RunConfig, TilingConfig
+from wsi_saliency.errors import MissingMppError, NoTissueError, SlideOpenError
+from wsi_saliency.models import load_model
+from wsi_saliency.worker import effective_config, run_slide
+
+K = 50.0
+C = 0.03
+TILE = 64  # px at 0.5 um/px; 4 stride-2 convolutions give a 4 x 4 map (16 px cells)
+
+MODEL_PY = f'''
+import torch
+from torch import nn
+
+
+class ColourNet(nn.Module):
+    """logit_tumour = K * (mean(B - R) - C); four 2x2 stride-2 box convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 1, 1, bias=False)
+        self.down1 = nn.Conv2d(1, 1, 2, stride=2, bias=False)
+        self.down2 = nn.Conv2d(1, 1, 2, stride=2, bias=False)
+        self.down3 = nn.Conv2d(1, 1, 2, stride=2, bias=False)
+        self.down4 = nn.Conv2d(1, 1, 2, stride=2, bias=False)
+        self.head = nn.Linear(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.down4(self.down3(self.down2(self.down1(self.stem(x)))))
+        return self.head(y.mean(dim=(2, 3)))
+
+
+def build() -> nn.Module:
+    return ColourNet()
+'''
+
+
+def colour_state() -> dict[str, torch.Tensor]:
+    box = torch.full((1, 1, 2, 2), 0.25)
+    return {
+        "stem.weight": torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1),
+        "down1.weight": box.clone(),
+        "down2.weight": box.clone(),
+        "down3.weight": box.clone(),
+        "down4.weight": box.clone(),
+        "head.weight": torch.tensor([[0.0], [K]]),
+        "head.bias": torch.tensor([0.0, -K * C]),
+    }
+
+
+@pytest.fixture(scope="module")
+def colour_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("colour_model")
+    (d / "colour_model.py").write_text(MODEL_PY)
+    save_file(colour_state(), str(d / "model.safetensors"))
+    config = {
+        "spec_version": "1.0",
+        "architecture": "colour_model.py:build",
+        "num_classes": 2,
+        "class_names": ["normal", "tumor"],
+        "patch_size_pixels": TILE,
+        "spacing_um_px": 0.5,
+        "transform": [
+            {"name": "ToTensor"},
+            {"name": "Normalize", "arguments": {"mean": [0, 0, 0], "std": [1, 1, 1]}},
+        ],
+        "tumor_class": 1,
+        "saliency_layer": "down4",
+    }
+    (d / "config.json").write_text(json.dumps(config))
+    return d
+
+
+PLANTED = synthetic.SyntheticSlide(
+    width=3000,
+    height=2600,
+    mpp=0.5,
+    tissue=(((150.0, 150.0), (2850.0, 200.0), (2800.0, 2450.0), (200.0, 2400.0)),),
+    tumour=(
+        ((500.0, 500.0), (1400.0, 520.0), (1380.0, 1300.0), (520.0, 1250.0)),
+        ((1700.0, 1200.0), (2600.0, 1500.0), (2300.0, 2200.0), (1650.0, 2100.0)),
+    ),
+    seed=7,
+)
+
+
+@pytest.fixture(scope="module")
+def planted_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("planted")
+    return synthetic.write_slide(PLANTED, d / "planted.svs", kind="svs", compression="jpeg")
+
+
+@pytest.fixture(scope="module")
+def planted_run(
+    planted_slide: Path, colour_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("planted_out")
+    cfg = RunConfig(inference=InferenceConfig(device="cpu", batch_size=16, workers=2))
+    result = run_slide(planted_slide, load_model(colour_model_dir), cfg, out)
+    assert result.n_tiles > 100
+    return out
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
+
+
+def planted_mask_on_grid(shape: tuple[int, int], s: float) -> np.ndarray:
+    """Planted tumour sampled at heatmap pixel centres: pixel (i, j) covers
+    level-0 [j*s, (j+1)*s) x [i*s, (i+1)*s)."""
+    m = synthetic.tumour_mask(PLANTED, s)
+    out = np.zeros(shape, bool)
+    h, w = min(shape[0], m.shape[0]), min(shape[1], m.shape[1])
+    out[:h, :w] = m[:h, :w]
+    return out
+
+
+def test_zarr_probability_matches_planted_tumour(planted_run: Path) -> None:
+    root = zarr.open_group(str(planted_run / "heatmaps.ome.zarr"), mode="r")
+    attrs = root.attrs.asdict()
+    ms = attrs["multiscales"][0]
+    assert ms["version"] == "0.4"
+    scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert [t["type"] for t in ms["datasets"][0]["coordinateTransformations"]] == ["scale"]
+    px_um = scale[-1]
+    assert px_um == pytest.approx(0.5 * TILE / 4)  # 8 um/px
+    labels = [c["label"] for c in attrs["omero"]["channels"]]
+    prob = np.asarray(root[ms["datasets"][0]["path"]][0])
+    assert labels[0].startswith("probability")
+    # map the heatmap to level 0 through the NGFF scale and the slide's MPP
+    s = px_um / PLANTED.mpp
+    truth = planted_mask_on_grid(prob.shape, s)
+    pred = np.nan_to_num(prob, nan=0.0) >= 0.5
+    d = dice(pred, truth)
+    assert d >= 0.9, d
+
+
+def test_ome_tiff_probability_matches_planted_tumour(planted_run: Path) -> None:
+    with tifffile.TiffFile(planted_run / "probability.ome.tif") as tif:
+        assert tif.is_ome
+        series = tif.series[0]
+        prob = series.levels[0].asarray()
+        assert len(series.levels) >= 1
+        pixels = tif.ome_metadata
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(pixels)
+    px = next(el for el in root.iter() if el.tag.endswith("Pixels"))
+    px_um = float(px.attrib["PhysicalSizeX"])
+    assert px.attrib.get("PhysicalSizeXUnit", "µm") in ("µm", "um")
+    truth = planted_mask_on_grid(prob.shape, px_um / PLANTED.mpp)
+    assert dice(np.nan_to_num(prob, nan=0.0) >= 0.5, truth) >= 0.9
+
+
+def test_every_output_and_run_json(planted_run: Path, colour_model_dir: Path) -> None:
+    names = {p.name for p in planted_run.iterdir()}
+    for expected in (
+        "heatmaps.ome.zarr",
+        "probability.ome.tif",
+        "saliency.ome.tif",
+        "tiles.geojson",
+        "regions.geojson",
+        "tiles.csv",
+        "overlay.png",
+        "run.json",
+        "tissue.png",
+    ):
+        assert expected in names
+    assert not any(n.startswith(".scratch") for n in names)
+    run = json.loads((planted_run / "run.json").read_text())
+    model = load_model(colour_model_dir)
+    cfg = effective_config(
+        RunConfig(inference=InferenceConfig(device="cpu", batch_size=16, workers=2)), model
+    )
+    from wsi_saliency.config import config_hash
+
+    assert run["config_hash"] == config_hash(cfg, model.spec.weights_sha256)
+    assert run["model"]["weights_sha256"] == model.spec.weights_sha256
+    assert run["saliency"]["layer"] == "down4"
+    assert run["saliency"]["smoothing"] == "backward-hook"
+    assert run["slide"]["mpp"]["source"] == "aperio"
+    assert run["tiling"]["tile_size"] == TILE
+    assert set(run["timings_s"]) >= {"open", "tissue", "grid", "model", "write", "total"}
+    # regions: the two planted tumours come back as two annotation polygons
+    regions = json.loads((planted_run / "regions.geojson").read_text())
+    assert len(regions["features"]) == 2
+
+
+def test_workers_zero_gives_identical_tables(
+    planted_slide: Path, colour_model_dir: Path, planted_run: Path, tmp_path: Path
+) -> None:
+    cfg = RunConfig(inference=InferenceConfig(device="cpu", batch_size=7, workers=0))
+    run_slide(planted_slide, load_model(colour_model_dir), cfg, tmp_path)
+    for name in ("tiles.csv", "tiles.geojson", "regions.geojson"):
+        assert (tmp_path / name).read_bytes() == (planted_run / name).read_bytes(), name
+
+
+def test_progress_reports_every_batch(
+    planted_slide: Path, colour_model_dir: Path, tmp_path: Path
+) -> None:
+    seen: list[tuple[int, int]] = []
+    cfg = RunConfig(
+        tiling=TilingConfig(min_tissue=0.9),
+        inference=InferenceConfig(device="cpu", batch_size=64, workers=1),
+        model=ModelConfig(smoothing="none"),
+    )
+    res = run_slide(
+        planted_slide, load_model(colour_model_dir), cfg, tmp_path,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert seen[-1] == (res.n_tiles, res.n_tiles)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_bad_slide_errors(colour_model_dir: Path, tmp_path: Path) -> None:
+    model = load_model(colour_model_dir)
+    bad = tmp_path / "bad.svs"
+    bad.write_text("not a slide")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(SlideOpenError, match="bad.svs"):
+        run_slide(bad, model, RunConfig(), out)
+    white = synthetic.write_slide(
+        synthetic.SyntheticSlide(width=1024, height=1024), tmp_path / "white.svs"
+    )
+    with pytest.raises(NoTissueError, match="white.svs"):
+        run_slide(white, model, RunConfig(), out)
+    assert list(out.iterdir()) == []
+
+
+def _real(name: str) -> Path:
+    root = Path(os.environ.get("WSI_TEST_DATA", Path(__file__).parents[2] / "shared" / "data"))
+    p = root / "slides" / name
+    if not p.exists():
+        pytest.skip(f"real slide {p} not available (set WSI_TEST_DATA to ../shared/data)")
+    return p
+
+
+@pytest.mark.real_data
+def test_real_slides_end_to_end_with_demo_model(tmp_path: Path) -> None:
+    model = load_model(None)
+    cmu = _real("CMU-1-Small-Region.svs")
+    out = tmp_path / "cmu"
+    out.mkdir()
+    res = run_slide(cmu, model, RunConfig(inference=InferenceConfig(device="cpu")), out)
+    assert res.n_tiles > 20
+    tcga = _real("TCGA-CR-7395-01A-01-TS1.svs")
+    out2 = tmp_path / "tcga"
+    out2.mkdir()
+    with pytest.raises(MissingMppError, match="--mpp"):
+        run_slide(tcga, model, RunConfig(), out2)
+    from wsi_saliency.config import SlideConfig
+
+    res2 = run_slide(
+        tcga, model, RunConfig(slide=SlideConfig(mpp=0.25),
+                               inference=InferenceConfig(device="cpu")), out2
+    )
+    assert res2.n_tiles > 10
+    for d in (out, out2):
+        run = json.loads((d / "run.json").read_text())
+        assert len(run["outputs"]) >= 8
+        for name in run["outputs"]:
+            assert (d / name).exists()
+        text = (d / "run.json").read_text()
+        # no patient-identifying or associated-image content leaks into run.json
+        assert "label" not in json.dumps(run["slide"]).lower()
+        assert "macro" not in text.lower()
+    assert json.loads((out2 / "run.json").read_text())["slide"]["mpp"]["source"] == "override"

@@ -1,0 +1,884 @@
+"""Many slides: input discovery, resume, atomic output folders, summary, exit status.
+
+A batch runs the per-slide function (:func:`wsi_saliency.worker.run_slide` unless
+another is injected) over a list of slides with one loaded model:
+
+* Every slide's outputs are written into ``OUT/.tmp-<name>-<pid>/<name>/`` and the
+  finished folder is renamed to ``OUT/<name>`` only once the per-slide function has
+  returned, so a killed run never leaves a half-written folder that looks finished.
+* A slide whose ``OUT/<name>/run.json`` records the same configuration hash
+  (:func:`wsi_saliency.config.config_hash`) and model weights hash is skipped; one
+  whose configuration or model changed is redone; ``overwrite=True`` redoes all.
+* Temporary folders left by a killed run are removed when the next batch starts.
+* Any exception of one slide (unreadable file, missing MPP, no tissue, out of memory,
+  model error) is recorded with a one-line reason and the batch goes on.
+* ``OUT/batch-summary.json`` is rewritten atomically after every slide, so it is
+  valid JSON whenever the process dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import gc
+import glob
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from wsi_saliency.config import RunConfig, config_from_dict, config_hash, config_to_dict
+from wsi_saliency.errors import InputError, OutputError
+
+if TYPE_CHECKING:
+    from wsi_saliency.models import LoadedModel
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "LIST_EXTENSIONS",
+    "SLIDE_EXTENSIONS",
+    "SUMMARY_NAME",
+    "BatchReporter",
+    "BatchSummary",
+    "SlideRecord",
+    "assign_output_names",
+    "clean_stale_temp",
+    "completed_run",
+    "discover_slides",
+    "prepare_output_dir",
+    "resolve_model_defaults",
+    "run_batch",
+    "run_matches",
+    "slide_stem",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File extensions (lower case) recognised as slides when folders or globs are expanded.
+SLIDE_EXTENSIONS: tuple[str, ...] = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".vms",
+    ".vmu",
+    ".bif",
+    ".svslide",
+    ".dcm",
+)
+#: Extensions of text files that list inputs, one per line (``#`` starts a comment).
+LIST_EXTENSIONS: tuple[str, ...] = (".txt", ".lst", ".list")
+#: Name of the batch summary inside the output folder.
+SUMMARY_NAME = "batch-summary.json"
+#: Exit statuses of a batch.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+_TMP_PREFIX = ".tmp-"
+_TRASH_PREFIX = ".trash-"
+_PID_RE = re.compile(r"-(\d+)(?:\.json)?$")
+_GLOB_CHARS = frozenset("*?[")
+_DOUBLE_SUFFIXES = (".ome.tif", ".ome.tiff")
+_MAX_ERROR_CHARS = 500
+
+RunSlideFn = Callable[..., Any]
+"""``run_slide(path, model, config, out_dir, *, progress=None) -> SlideResult``."""
+
+
+# --------------------------------------------------------------------------------------
+# Discovery
+# --------------------------------------------------------------------------------------
+
+
+def _is_slide_name(path: Path) -> bool:
+    return path.suffix.lower() in SLIDE_EXTENSIONS
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _inside(path: Path, parents: Iterable[Path]) -> bool:
+    return any(path == p or p in path.parents for p in parents)
+
+
+def _walk_folder(folder: Path, exclude: Sequence[Path]) -> list[Path]:
+    """Slides under ``folder``: recursive, sorted, hidden entries and excluded trees skipped.
+
+    An ``X.mrxs`` file's data folder ``X/`` is not searched (its files belong to the
+    slide). A folder holding ``.dcm`` files is one DICOM slide, represented by its
+    first ``.dcm`` file in name order.
+    """
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        here = Path(dirpath)
+        mrxs_stems = {Path(f).stem for f in filenames if f.lower().endswith(".mrxs")}
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not _is_hidden(d)
+            and d not in mrxs_stems
+            and not _inside(Path(os.path.abspath(here / d)), exclude)
+        )
+        files = sorted(f for f in filenames if not _is_hidden(f))
+        dicom = [f for f in files if f.lower().endswith(".dcm")]
+        if dicom:
+            found.append(here / dicom[0])
+        found.extend(
+            here / f for f in files if _is_slide_name(Path(f)) and not f.lower().endswith(".dcm")
+        )
+    return found
+
+
+def _read_list_file(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"list file {path} cannot be read ({exc}); check the path") from exc
+    entries = []
+    for line in lines:
+        text = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if text:
+            entries.append(text if os.path.isabs(text) else str(path.parent / text))
+    if not entries:
+        raise InputError(f"list file {path} names no slides (one path per line, # comments)")
+    return entries
+
+
+def _expand(item: str, exclude: Sequence[Path], *, from_list: bool) -> list[Path]:
+    path = Path(item).expanduser()
+    if path.is_dir():
+        slides = _walk_folder(Path(os.path.abspath(path)), exclude)
+        if not slides:
+            raise InputError(
+                f"folder {item} contains no slide files "
+                f"({', '.join(SLIDE_EXTENSIONS)}); check the path"
+            )
+        return slides
+    if path.is_file():
+        if path.suffix.lower() in LIST_EXTENSIONS:
+            if from_list:
+                raise InputError(f"list file {item} is named inside another list file; not allowed")
+            out: list[Path] = []
+            for entry in _read_list_file(path):
+                out.extend(_expand(entry, exclude, from_list=True))
+            return out
+        # A file named explicitly is a slide whatever its extension; the reader decides.
+        return [Path(os.path.abspath(path))]
+    if _GLOB_CHARS & set(item):
+        matches = sorted(glob.glob(os.path.expanduser(item), recursive=True))
+        out = []
+        for match in matches:
+            m = Path(match)
+            if m.is_dir():
+                out.extend(_walk_folder(Path(os.path.abspath(m)), exclude))
+            elif _is_slide_name(m) and not _is_hidden(m.name):
+                out.append(Path(os.path.abspath(m)))
+        if not out:
+            raise InputError(f"pattern {item!r} matches no slide files; check the pattern")
+        return out
+    raise InputError(f"input {item} does not exist; check the path")
+
+
+def discover_slides(
+    inputs: Sequence[str | os.PathLike[str]], *, exclude: Sequence[str | os.PathLike[str]] = ()
+) -> list[Path]:
+    """Expand batch inputs into a list of slide paths.
+
+    Parameters
+    ----------
+    inputs
+        Slide files (any extension), folders (searched recursively for
+        :data:`SLIDE_EXTENSIONS`; an ``.mrxs`` file's data folder is skipped, a folder of
+        ``.dcm`` files is one slide), glob patterns (``**`` recursive), or text files
+        (:data:`LIST_EXTENSIONS`) listing any of these, one per line, ``#`` comments,
+        relative paths relative to the list file.
+    exclude
+        Folders never searched (the batch's output folder).
+
+    Returns
+    -------
+    list of Path
+        Absolute paths (symlinks kept), in input order, sorted within each folder or
+        pattern, duplicates removed.
+
+    Raises
+    ------
+    InputError
+        An input does not exist, a folder holds no slide, a pattern matches nothing,
+        a list file names nothing, or no input was given.
+    """
+    if not inputs:
+        raise InputError("no input given; name slide files, folders, patterns or a list file")
+    excl = [Path(os.path.abspath(e)) for e in exclude]
+    seen: set[str] = set()
+    slides: list[Path] = []
+    for item in inputs:
+        for path in _expand(os.fspath(item), excl, from_list=False):
+            key = os.path.normcase(str(path))
+            if key not in seen:
+                seen.add(key)
+                slides.append(path)
+    return slides
+
+
+def slide_stem(path: str | os.PathLike[str]) -> str:
+    """Output-folder stem of a slide.
+
+    Parameters
+    ----------
+    path
+        Slide path.
+
+    Returns
+    -------
+    str
+        The file name without its extension (``.ome.tif(f)`` counted as one); for a
+        DICOM file, the name of its folder. A leading dot is replaced by ``_``.
+    """
+    p = Path(path)
+    if p.suffix.lower() == ".dcm":
+        stem = p.parent.name or p.stem
+    else:
+        lower = p.name.lower()
+        suffix = next((s for s in _DOUBLE_SUFFIXES if lower.endswith(s)), p.suffix)
+        stem = p.name[: len(p.name) - len(suffix)] if suffix else p.name
+    if not stem or stem.startswith("."):
+        stem = "_" + stem.lstrip(".")
+    return stem
+
+
+def assign_output_names(slides: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Distinct output-folder names for slides, deterministic and order-independent.
+
+    A slide's name is its :func:`slide_stem`. Slides whose stems collide (compared
+    case-insensitively) are all named ``<stem>__<parent folder>``; where that still
+    collides, ``<stem>__<8 hex digits of the path's SHA-1>``.
+
+    Parameters
+    ----------
+    slides
+        Slide paths.
+
+    Returns
+    -------
+    list of str
+        One name per slide, in the same order.
+    """
+    paths = [Path(os.path.abspath(s)) for s in slides]
+    stems = [slide_stem(p) for p in paths]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s.casefold()] = counts.get(s.casefold(), 0) + 1
+    names = [
+        s if counts[s.casefold()] == 1 else f"{s}__{p.parent.name or 'root'}"
+        for s, p in zip(stems, paths, strict=True)
+    ]
+    counts2: dict[str, int] = {}
+    for n in names + [s for s in stems if counts[s.casefold()] == 1]:
+        counts2[n.casefold()] = counts2.get(n.casefold(), 0) + 1
+    out = []
+    for name, stem, p in zip(names, stems, paths, strict=True):
+        if counts[stem.casefold()] > 1 and counts2[name.casefold()] > 1:
+            digest = hashlib.sha1(str(p).encode("utf-8")).hexdigest()[:8]
+            name = f"{stem}__{digest}"
+        out.append(name)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Output folder
+# --------------------------------------------------------------------------------------
+
+
+def prepare_output_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """Create the output folder and check that it can be written.
+
+    Parameters
+    ----------
+    out_dir
+        Output folder (created with its parents when missing).
+
+    Returns
+    -------
+    Path
+        The absolute output folder.
+
+    Raises
+    ------
+    OutputError
+        It exists as a file, cannot be created or cannot be written.
+    """
+    out = Path(os.path.abspath(Path(out_dir).expanduser()))
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output folder {out} is a file; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"output folder {out} cannot be created ({exc.strerror or exc}); "
+            "choose another --out or fix permissions"
+        ) from exc
+    try:
+        with tempfile.NamedTemporaryFile(dir=out, prefix=f"{_TMP_PREFIX}probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"output folder {out} is not writable ({exc.strerror or exc}); "
+            "choose another --out or fix permissions"
+        ) from exc
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a leftover of an earlier process that had our pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def clean_stale_temp(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary folders and files that killed batches left in ``out_dir``.
+
+    Entries named ``.tmp-*`` or ``.trash-*`` are removed unless the process whose id
+    ends their name is still running (another batch writing into the same folder).
+
+    Parameters
+    ----------
+    out_dir
+        Batch output folder.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    out = Path(out_dir)
+    removed: list[Path] = []
+    if not out.is_dir():
+        return removed
+    for entry in sorted(out.iterdir()):
+        if not entry.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
+            continue
+        match = _PID_RE.search(entry.name)
+        if match and _pid_alive(int(match.group(1))):
+            logger.warning(
+                "leaving %s: process %s that owns it is still running", entry, match.group(1)
+            )
+            continue
+        _remove(entry)
+        removed.append(entry)
+    if removed:
+        logger.info("removed %d stale temporary item(s) from %s", len(removed), out)
+    return removed
+
+
+def completed_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The parsed ``run.json`` of a finished slide folder, or None.
+
+    Parameters
+    ----------
+    folder
+        A slide's output folder.
+
+    Returns
+    -------
+    dict or None
+        None when the folder or its ``run.json`` is missing or unreadable, or when a
+        file that ``run.json`` lists under ``outputs`` is missing.
+    """
+    run_json = Path(folder) / "run.json"
+    try:
+        data = json.loads(run_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    outputs = data.get("outputs")
+    if isinstance(outputs, dict):
+        for rel in outputs.values():
+            if isinstance(rel, str) and not (Path(folder) / Path(rel).name).exists():
+                return None
+    return data
+
+
+def _recorded_hashes(run: dict[str, Any]) -> tuple[Any, Any]:
+    model = run.get("model")
+    weights = model.get("weights_sha256") if isinstance(model, dict) else None
+    return run.get("config_hash"), weights or run.get("weights_sha256")
+
+
+# --------------------------------------------------------------------------------------
+# Records and summary
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SlideRecord:
+    """What happened to one slide of a batch (one entry of ``batch-summary.json``).
+
+    Parameters
+    ----------
+    input
+        Slide path as discovered.
+    name
+        Output-folder name.
+    output
+        Output folder when the slide is done or skipped, else None.
+    status
+        ``pending``, ``done``, ``skipped``, ``failed`` or ``interrupted``.
+    error
+        One-line reason when failed.
+    n_tiles
+        Number of tiles processed (from ``run.json`` when skipped), when known.
+    timings
+        Seconds: ``total`` plus the per-stage timings of the per-slide function.
+    """
+
+    input: str
+    name: str
+    output: str | None = None
+    status: str = "pending"
+    error: str | None = None
+    n_tiles: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-able form written to the summary."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class BatchSummary:
+    """The state of a batch (``batch-summary.json``).
+
+    Parameters
+    ----------
+    out_dir
+        Batch output folder.
+    records
+        One record per slide, in batch order.
+    config_hash
+        Hash of the effective configuration and model weights.
+    model
+        Model name and weights hash.
+    config
+        Effective configuration as :func:`~wsi_saliency.config.config_to_dict`.
+    status
+        ``running``, ``complete`` or ``interrupted``.
+    started, finished
+        ISO 8601 UTC timestamps.
+    """
+
+    out_dir: Path
+    records: list[SlideRecord]
+    config_hash: str
+    model: dict[str, Any]
+    config: dict[str, Any]
+    status: str = "running"
+    started: str = ""
+    finished: str | None = None
+
+    def counts(self) -> dict[str, int]:
+        """Number of slides per status."""
+        out = {"done": 0, "skipped": 0, "failed": 0}
+        for r in self.records:
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every slide is done or skipped, 1 when any failed, 130 when interrupted."""
+        if self.status == "interrupted":
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if any(r.status == "failed" for r in self.records) else EXIT_OK
+
+    @property
+    def path(self) -> Path:
+        """Where the summary is written."""
+        return self.out_dir / SUMMARY_NAME
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-able form of the summary."""
+        return {
+            "status": self.status,
+            "exit_code": None if self.status == "running" else self.exit_code,
+            "started": self.started,
+            "finished": self.finished,
+            "out_dir": str(self.out_dir),
+            "counts": self.counts(),
+            "config_hash": self.config_hash,
+            "model": self.model,
+            "config": self.config,
+            "slides": [r.to_dict() for r in self.records],
+        }
+
+    def write(self) -> None:
+        """Write the summary atomically (temporary file, then rename)."""
+        tmp = self.out_dir / f"{_TMP_PREFIX}{SUMMARY_NAME}-{os.getpid()}"
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+class BatchReporter(Protocol):
+    """Receives batch events (the CLI draws progress bars with them)."""
+
+    def batch_started(self, summary: BatchSummary) -> None:
+        """Called once before the first slide."""
+
+    def slide_started(self, index: int, record: SlideRecord) -> None:
+        """Called before a slide is processed (also for slides then skipped)."""
+
+    def slide_progress(self, done: int, total: int) -> None:
+        """Tiles done out of the current slide's total."""
+
+    def slide_finished(self, index: int, record: SlideRecord) -> None:
+        """Called when a slide is done, skipped or failed."""
+
+    def batch_finished(self, summary: BatchSummary) -> None:
+        """Called once at the end (also when interrupted)."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or repr(exc)
+    if isinstance(exc, MemoryError) and not str(exc):
+        text = "out of memory"
+    msg = f"{type(exc).__name__}: {text}"
+    return msg if len(msg) <= _MAX_ERROR_CHARS else msg[: _MAX_ERROR_CHARS - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------
+
+
+def resolve_model_defaults(config: RunConfig, model: LoadedModel) -> RunConfig:
+    """Fill the values a configuration leaves to the model.
+
+    ``tiling.tile_size``, ``tiling.spacing`` and ``model.layer`` left ``None`` take the
+    model's ``patch_size``, ``spacing`` and ``saliency_layer``, so the configuration
+    hash reflects what is actually run.
+
+    Parameters
+    ----------
+    config
+        Run configuration.
+    model
+        The loaded model.
+
+    Returns
+    -------
+    RunConfig
+    """
+    spec = model.spec
+    tiling = dataclasses.replace(
+        config.tiling,
+        tile_size=config.tiling.tile_size
+        if config.tiling.tile_size is not None
+        else int(spec.patch_size),
+        spacing=config.tiling.spacing if config.tiling.spacing is not None else float(spec.spacing),
+    )
+    layer = config.model.layer
+    if layer is None and getattr(spec, "saliency_layer", None):
+        layer = str(spec.saliency_layer)
+    return dataclasses.replace(
+        config, tiling=tiling, model=dataclasses.replace(config.model, layer=layer)
+    )
+
+
+def _default_run_slide() -> RunSlideFn:
+    from wsi_saliency.worker import run_slide
+
+    return run_slide
+
+
+def _notify(reporter: BatchReporter | None, method: str, *args: Any) -> None:
+    if reporter is None:
+        return
+    try:
+        getattr(reporter, method)(*args)
+    except Exception:  # a broken progress bar must not stop the batch
+        logger.debug("reporter %s failed", method, exc_info=True)
+
+
+def _commit(work: Path, final: Path, name: str) -> None:
+    """Move a finished slide folder into place; replace an older one."""
+    trash = final.parent / f"{_TRASH_PREFIX}{name}-{os.getpid()}"
+    if final.exists() or final.is_symlink():
+        _remove(trash)
+        os.rename(final, trash)
+    os.rename(work, final)
+    _remove(trash)
+
+
+def run_matches(run: dict[str, Any], expected_hash: str, weights_sha256: str) -> bool:
+    """Whether a parsed ``run.json`` was made with this configuration and model weights.
+
+    True when its model weights hash equals ``weights_sha256`` and either its
+    ``config_hash`` equals ``expected_hash`` or the effective configuration it records
+    under ``config`` hashes (:func:`~wsi_saliency.config.config_hash`) to it.
+
+    Parameters
+    ----------
+    run
+        Parsed ``run.json``.
+    expected_hash
+        :func:`~wsi_saliency.config.config_hash` of the batch's effective configuration.
+    weights_sha256
+        The batch model's weights hash.
+
+    Returns
+    -------
+    bool
+    """
+    recorded_hash, recorded_weights = _recorded_hashes(run)
+    if recorded_weights != weights_sha256:
+        return False
+    if recorded_hash == expected_hash:
+        return True
+    recorded_config = run.get("config")
+    if not isinstance(recorded_config, dict):
+        return False
+    try:
+        cfg = config_from_dict(recorded_config)
+    except (ValueError, TypeError):
+        return False
+    return config_hash(cfg, weights_sha256) == expected_hash
+
+
+def _skip_reason(
+    final: Path, expected_hash: str, weights: str
+) -> tuple[bool, dict[str, Any] | None]:
+    """``(skip, run)``: whether ``final`` holds a finished run of this configuration."""
+    run = completed_run(final)
+    if run is None:
+        return False, None
+    return run_matches(run, expected_hash, weights), run
+
+
+def run_batch(
+    slides: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    config: RunConfig,
+    model: LoadedModel,
+    *,
+    run_slide: RunSlideFn | None = None,
+    overwrite: bool = False,
+    names: Sequence[str] | None = None,
+    reporter: BatchReporter | None = None,
+) -> BatchSummary:
+    """Run the per-slide function over slides, with resume and failure isolation.
+
+    Parameters
+    ----------
+    slides
+        Slide paths (see :func:`discover_slides`).
+    out_dir
+        Output folder; created if missing. Each slide's outputs go to
+        ``out_dir/<name>`` (names from :func:`assign_output_names`).
+    config
+        Run configuration; values left to the model are filled first
+        (:func:`resolve_model_defaults`).
+    model
+        The model, loaded once for the whole batch.
+    run_slide
+        Per-slide function ``(path, model, config, out_dir, *, progress) -> result``
+        with ``n_tiles`` and ``timings`` attributes; default
+        :func:`wsi_saliency.worker.run_slide`.
+    overwrite
+        Redo slides even when their outputs are complete for this configuration.
+    names
+        Output-folder names (default :func:`assign_output_names`).
+    reporter
+        Receives progress events.
+
+    Returns
+    -------
+    BatchSummary
+        Also written to ``out_dir/batch-summary.json``; ``exit_code`` is 0 when every
+        slide is done or skipped, 1 when any failed.
+
+    Raises
+    ------
+    OutputError
+        The output folder cannot be written.
+    KeyboardInterrupt
+        Re-raised after the current slide's temporary folder is removed and the summary
+        is written with status ``interrupted``.
+    """
+    out = prepare_output_dir(out_dir)
+    clean_stale_temp(out)
+    fn = run_slide if run_slide is not None else _default_run_slide()
+    cfg = resolve_model_defaults(config, model)
+    weights = str(model.spec.weights_sha256)
+    expected = config_hash(cfg, weights)
+    paths = [Path(os.path.abspath(s)) for s in slides]
+    slide_names = list(names) if names is not None else assign_output_names(paths)
+    if len(slide_names) != len(paths) or len({n.casefold() for n in slide_names}) != len(paths):
+        raise ValueError("names must be distinct, one per slide")
+    summary = BatchSummary(
+        out_dir=out,
+        records=[
+            SlideRecord(input=str(p), name=n) for p, n in zip(paths, slide_names, strict=True)
+        ],
+        config_hash=expected,
+        model={"name": getattr(model.spec, "name", None), "weights_sha256": weights},
+        config=config_to_dict(cfg),
+        started=_now(),
+    )
+    summary.write()
+    _notify(reporter, "batch_started", summary)
+    n = len(paths)
+    try:
+        for i, (path, record) in enumerate(zip(paths, summary.records, strict=True)):
+            _run_one(
+                i, n, path, record, out, cfg, model, fn, expected, weights, overwrite, reporter
+            )
+            summary.write()
+    except KeyboardInterrupt:
+        summary.status = "interrupted"
+        summary.finished = _now()
+        summary.write()
+        logger.warning("interrupted; summary written to %s", summary.path)
+        _notify(reporter, "batch_finished", summary)
+        raise
+    summary.status = "complete"
+    summary.finished = _now()
+    summary.write()
+    counts = summary.counts()
+    logger.info(
+        "batch finished: %d done, %d skipped, %d failed; summary %s",
+        counts["done"],
+        counts["skipped"],
+        counts["failed"],
+        summary.path,
+        extra={"event": "batch_finished", "counts": counts},
+    )
+    _notify(reporter, "batch_finished", summary)
+    return summary
+
+
+def _run_one(
+    i: int,
+    n: int,
+    path: Path,
+    record: SlideRecord,
+    out: Path,
+    cfg: RunConfig,
+    model: LoadedModel,
+    fn: RunSlideFn,
+    expected: str,
+    weights: str,
+    overwrite: bool,
+    reporter: BatchReporter | None,
+) -> None:
+    name = record.name
+    final = out / name
+    tag = f"[{i + 1}/{n}] {name}"
+    log_extra: dict[str, Any] = {"slide": name, "input": str(path)}
+    _notify(reporter, "slide_started", i, record)
+    if not overwrite:
+        skip, run = _skip_reason(final, expected, weights)
+        if skip and run is not None:
+            record.status, record.output = "skipped", str(final)
+            n_tiles = run.get("n_tiles")
+            record.n_tiles = n_tiles if isinstance(n_tiles, int) else None
+            logger.info(
+                "%s: skipped (complete for this configuration)",
+                tag,
+                extra={**log_extra, "event": "slide_skipped"},
+            )
+            _notify(reporter, "slide_finished", i, record)
+            return
+        if run is not None:
+            logger.info("%s: configuration or model changed; redoing", tag, extra=log_extra)
+    tmp_parent = out / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    _remove(tmp_parent)
+    work = tmp_parent / name
+    logger.info("%s: started %s", tag, path, extra={**log_extra, "event": "slide_started"})
+    t0 = time.perf_counter()
+    try:
+        work.mkdir(parents=True)
+        result = fn(
+            path, model, cfg, work, progress=lambda d, t: _notify(reporter, "slide_progress", d, t)
+        )
+        if not (work / "run.json").is_file():
+            raise OutputError(f"the per-slide function wrote no run.json into {work}")
+        _commit(work, final, name)
+    except KeyboardInterrupt:
+        _remove(tmp_parent)
+        record.status, record.error = "interrupted", "interrupted by the user"
+        raise
+    except Exception as exc:  # noqa: BLE001 - isolate every failure of one slide
+        _remove(tmp_parent)
+        record.status, record.error = "failed", _one_line(exc)
+        record.timings = {"total": round(time.perf_counter() - t0, 3)}
+        logger.error(
+            "%s: failed: %s", tag, record.error, extra={**log_extra, "event": "slide_failed"}
+        )
+        logger.debug("%s: traceback", tag, exc_info=True)
+        del exc
+        gc.collect()
+        _notify(reporter, "slide_finished", i, record)
+        return
+    _remove(tmp_parent)
+    total = round(time.perf_counter() - t0, 3)
+    timings = getattr(result, "timings", None) or {}
+    record.timings = {"total": total, **{str(k): float(v) for k, v in timings.items()}}
+    n_tiles = getattr(result, "n_tiles", None)
+    record.n_tiles = int(n_tiles) if n_tiles is not None else None
+    record.status, record.output = "done", str(final)
+    run = completed_run(final)
+    if run is None or not run_matches(run, expected, weights):
+        logger.warning(
+            "%s: run.json does not record this configuration (config_hash %s, weights %s); "
+            "a re-run will redo this slide",
+            tag,
+            expected,
+            weights,
+            extra=log_extra,
+        )
+    logger.info(
+        "%s: done in %.1f s (%s tiles)",
+        tag,
+        total,
+        record.n_tiles,
+        extra={**log_extra, "event": "slide_done", "seconds": total, "n_tiles": record.n_tiles},
+    )
+    _notify(reporter, "slide_finished", i, record)

@@ -1,0 +1,270 @@
+"""The tile grid of a slide at a physical spacing, and reading tiles through it.
+
+Grid geometry (all level-0 pixels, origin at the slide's top-left corner):
+
+* a tile is ``tile_size`` px at ``spacing`` um/px, so its footprint is
+  ``size_level0 = tile_size * spacing / mpp`` (x and y separately, may be fractional);
+* neighbours are ``stride = round(tile_size * (1 - overlap))`` tile pixels apart;
+  tile ``(row, col)`` has its top-left corner at
+  ``coords = rint((col, row) * stride * spacing / mpp)`` - computed from the grid index,
+  never accumulated, so footprints never drift;
+* the grid has the fewest columns (rows) that cover the slide width (height):
+  ``n = ceil((W - size_level0) / step) + 1`` with ``step = stride * spacing / mpp``; tiles
+  crossing the right/bottom edge are padded with white background when read;
+* a tile is kept when the fraction of its footprint covered by the tissue mask (exact
+  area overlap with the mask's pixels; outside the slide counts as no tissue) is at
+  least ``min_tissue``.
+
+Reading: from the coarsest pyramid level whose downsample does not exceed the target
+(``spacing / mpp``), resized with anti-aliasing onto the tile's exact footprint (see
+:mod:`wsi_saliency.readers.resample`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from wsi_saliency.errors import ConfigError, MissingMppError, NoTissueError, SlideTooSmallError
+from wsi_saliency.readers.base import SlideReader
+from wsi_saliency.readers.resample import resample_margin, resample_window
+from wsi_saliency.types import SlideInfo, TileGrid, TissueMask
+
+__all__ = [
+    "grid_geojson",
+    "make_grid",
+    "read_tile",
+    "read_tiles",
+    "tile_bounds",
+    "tissue_fractions",
+]
+
+
+def _level_for(info: SlideInfo, target_downsample: float) -> int:
+    best = 0
+    for k, d in enumerate(info.level_downsamples):
+        if d <= target_downsample * (1 + 1e-6):
+            best = k
+    return best
+
+
+def tissue_fractions(
+    mask: TissueMask,
+    x0: npt.NDArray[np.float64],
+    y0: npt.NDArray[np.float64],
+    width: float,
+    height: float,
+) -> npt.NDArray[np.float32]:
+    """Fraction of each rectangle ``[x0, x0 + width) x [y0, y0 + height)`` that is tissue.
+
+    Exact area overlap with the mask pixels (a summed-area table interpolated
+    bilinearly, which is exact for a piecewise-constant mask); area outside the mask
+    counts as background.
+    """
+    m = mask.mask.astype(np.float64)
+    rows, cols = m.shape
+    sat = np.zeros((rows + 1, cols + 1), dtype=np.float64)
+    sat[1:, 1:] = m.cumsum(0).cumsum(1)
+    ds = mask.downsample
+
+    def area(u: npt.NDArray[np.float64], v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        u = np.clip(u, 0.0, cols)
+        v = np.clip(v, 0.0, rows)
+        i = np.minimum(np.floor(u).astype(np.int64), cols - 1)
+        j = np.minimum(np.floor(v).astype(np.int64), rows - 1)
+        fu = u - i
+        fv = v - j
+        a00 = sat[j, i]
+        a01 = sat[j, i + 1]
+        a10 = sat[j + 1, i]
+        a11 = sat[j + 1, i + 1]
+        out: npt.NDArray[np.float64] = (a00 * (1 - fu) + a01 * fu) * (1 - fv) + (
+            a10 * (1 - fu) + a11 * fu
+        ) * fv
+        return out
+
+    u0, v0 = x0 / ds, y0 / ds
+    u1, v1 = (x0 + width) / ds, (y0 + height) / ds
+    tissue = area(u1, v1) - area(u0, v1) - area(u1, v0) + area(u0, v0)
+    frac = tissue / ((width / ds) * (height / ds))
+    return np.clip(frac, 0.0, 1.0).astype(np.float32)
+
+
+def make_grid(
+    info: SlideInfo,
+    mask: TissueMask,
+    *,
+    tile_size: int,
+    spacing: float,
+    overlap: float = 0.0,
+    min_tissue: float = 0.25,
+) -> TileGrid:
+    """Lay the tile grid over a slide and keep the tiles with enough tissue.
+
+    Parameters
+    ----------
+    info
+        The slide (its spacing must be known).
+    mask
+        Tissue mask (from :func:`wsi_saliency.tissue.detect_tissue`).
+    tile_size
+        Tile width = height in pixels at ``spacing``.
+    spacing
+        Tile spacing in um/px.
+    overlap
+        Fraction of a tile shared with its neighbour, ``0 <= overlap < 1``.
+    min_tissue
+        Smallest tissue fraction of a kept tile, ``0..1``.
+
+    Returns
+    -------
+    TileGrid
+        Kept tiles in row-major order.
+
+    Raises
+    ------
+    SlideTooSmallError
+        The slide is smaller than one tile at ``spacing``.
+    NoTissueError
+        No tile reaches ``min_tissue``.
+    ConfigError
+        Out-of-range parameters.
+    """
+    if info.mpp is None:
+        raise MissingMppError(
+            f"{info.path}: no pixel spacing known; give it with --mpp (um/px, e.g. --mpp 0.25)"
+        )
+    if not (isinstance(tile_size, (int, np.integer)) and tile_size >= 1):
+        raise ConfigError(f"tile size must be a positive integer, got {tile_size!r}")
+    if not (spacing > 0 and math.isfinite(spacing)):
+        raise ConfigError(f"tile spacing must be positive um/px, got {spacing!r}")
+    if not 0.0 <= overlap < 1.0:
+        raise ConfigError(f"overlap must be in [0, 1), got {overlap!r}")
+    if not 0.0 <= min_tissue <= 1.0:
+        raise ConfigError(f"min_tissue must be in [0, 1], got {min_tissue!r}")
+    tile_size = int(tile_size)
+    stride = round(tile_size * (1.0 - overlap))
+    if stride < 1:
+        raise ConfigError(f"overlap {overlap} leaves no stride for {tile_size} px tiles; lower it")
+    mpp = info.mpp
+    w0, h0 = info.dimensions
+    size_x = tile_size * spacing / mpp.x
+    size_y = tile_size * spacing / mpp.y
+    if w0 < size_x - 1e-6 or h0 < size_y - 1e-6:
+        raise SlideTooSmallError(
+            f"{info.path}: the slide ({w0}x{h0} px) is smaller than one tile "
+            f"({tile_size} px at {spacing:g} um/px = {size_x:.0f}x{size_y:.0f} level-0 px); "
+            "use a smaller --tile-size or a finer --spacing"
+        )
+    step_x = stride * spacing / mpp.x
+    step_y = stride * spacing / mpp.y
+    n_cols = max(1, math.ceil((w0 - size_x) / step_x - 1e-9) + 1)
+    n_rows = max(1, math.ceil((h0 - size_y) / step_y - 1e-9) + 1)
+    xs = np.rint(np.arange(n_cols, dtype=np.float64) * stride * spacing / mpp.x)
+    ys = np.rint(np.arange(n_rows, dtype=np.float64) * stride * spacing / mpp.y)
+    frac = tissue_fractions(
+        mask,
+        np.broadcast_to(xs[None, :], (n_rows, n_cols)),
+        np.broadcast_to(ys[:, None], (n_rows, n_cols)),
+        size_x,
+        size_y,
+    )
+    keep = frac >= np.float32(min_tissue) - np.float32(1e-6)
+    rows, cols = np.nonzero(keep)
+    if rows.size == 0:
+        raise NoTissueError(
+            f"{info.path}: no tile has at least {min_tissue:g} tissue "
+            f"({tile_size} px at {spacing:g} um/px); lower --min-tissue or check the tissue mask"
+        )
+    target = spacing / mpp.x
+    level = _level_for(info, target)
+    level_ds = float(info.level_downsamples[level])
+    coords = np.stack([xs[cols], ys[rows]], axis=1).astype(np.int64)
+    return TileGrid(
+        tile_size=tile_size,
+        spacing=float(spacing),
+        overlap=float(overlap),
+        stride=int(stride),
+        mpp=mpp,
+        level=level,
+        level_downsample=level_ds,
+        scale=float(tile_size / (size_x / level_ds)),
+        size_level0=(float(size_x), float(size_y)),
+        grid_shape=(n_rows, n_cols),
+        coords=coords,
+        rows=rows.astype(np.int64),
+        cols=cols.astype(np.int64),
+        tissue_fraction=frac[rows, cols].astype(np.float32),
+        slide_dimensions=(int(w0), int(h0)),
+    )
+
+
+def read_tile(reader: SlideReader, grid: TileGrid, k: int) -> npt.NDArray[np.uint8]:
+    """Tile ``k`` of ``grid``: uint8 ``(tile_size, tile_size, 3)``.
+
+    Reads the window of ``grid.level`` under the tile's exact level-0 footprint (plus
+    a filter margin) and resamples it with anti-aliasing; outside the slide is white.
+    """
+    t = grid.tile_size
+    ds = grid.level_downsample
+    x0, y0 = (float(v) for v in grid.coords[k])
+    fx = grid.size_level0[0] / ds / t  # level px per tile px
+    fy = grid.size_level0[1] / ds / t
+    u0, v0 = x0 / ds, y0 / ds
+    margin = resample_margin(max(fx, fy))
+    sx = math.floor(u0 + 1e-9) - margin
+    sy = math.floor(v0 + 1e-9) - margin
+    ex = math.ceil(u0 + t * fx - 1e-9) + margin
+    ey = math.ceil(v0 + t * fy - 1e-9) + margin
+    src = reader.read_level(grid.level, sx, sy, ex - sx, ey - sy)
+    return resample_window(src, (sx, sy), (u0, v0), (fx, fy), (t, t))
+
+
+def read_tiles(
+    reader: SlideReader, grid: TileGrid, indices: Sequence[int] | npt.NDArray[np.integer[Any]]
+) -> npt.NDArray[np.uint8]:
+    """Several tiles: uint8 ``(B, tile_size, tile_size, 3)``."""
+    idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+    out = np.empty((len(idx), grid.tile_size, grid.tile_size, 3), dtype=np.uint8)
+    for j, k in enumerate(idx):
+        out[j] = read_tile(reader, grid, k)
+    return out
+
+
+def tile_bounds(grid: TileGrid) -> npt.NDArray[np.float64]:
+    """``(N, 4)`` level-0 ``(xmin, ymin, xmax, ymax)`` of every kept tile."""
+    c = grid.coords.astype(np.float64)
+    return np.concatenate([c, c + np.asarray(grid.size_level0)[None, :]], axis=1)
+
+
+def grid_geojson(grid: TileGrid, *, object_type: str = "tile") -> dict[str, Any]:
+    """The tiles as a QuPath-importable GeoJSON FeatureCollection (level-0 px).
+
+    Each feature is a Polygon (closed ring) with properties ``objectType``
+    (``"tile"`` or ``"detection"``) and ``measurements`` (row, col, tissue fraction).
+    """
+    if object_type not in ("tile", "detection", "annotation"):
+        raise ValueError(f"unknown QuPath objectType {object_type!r}")
+    feats = []
+    for k, (x0, y0, x1, y1) in enumerate(tile_bounds(grid).tolist()):
+        ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+        feats.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {
+                    "objectType": object_type,
+                    "name": f"tile {int(grid.rows[k])},{int(grid.cols[k])}",
+                    "measurements": {
+                        "row": int(grid.rows[k]),
+                        "col": int(grid.cols[k]),
+                        "tissue_fraction": round(float(grid.tissue_fraction[k]), 4),
+                    },
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": feats}

@@ -1,0 +1,388 @@
+"""The per-slide job: slide -> tissue -> tiles -> model + saliency -> stitched outputs.
+
+:func:`run_slide` is the one function that turns a slide into its output folder. It
+knows nothing of batches, resume or clusters: ``batch.py`` calls it locally and the
+Dask runner calls the same function on a worker.
+
+Tiles are read by reader threads (each with its own slide handle, see
+:mod:`wsi_saliency.prefetch`) while the main thread runs the model, so reading overlaps
+compute. On CUDA the batches are copied through pinned memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from wsi_saliency import __version__
+from wsi_saliency.config import RunConfig, config_hash
+from wsi_saliency.errors import ConfigError
+from wsi_saliency.models import LoadedModel
+from wsi_saliency.readers import SlideReader, open_slide
+from wsi_saliency.saliency import SaliencyEngine
+from wsi_saliency.stitch import Stitcher
+from wsi_saliency.tiling import make_grid, read_tiles
+from wsi_saliency.tissue import mask_from_thumbnail, save_tissue_png, thumbnail_at_spacing
+from wsi_saliency.types import BatchResult, SlideInfo, TileGrid
+from wsi_saliency.writers import (
+    RUN_JSON_FILENAME,
+    collect_hardware,
+    collect_versions,
+    write_heatmap_outputs,
+    write_run_json,
+)
+from wsi_saliency.writers.run_meta import to_jsonable
+
+__all__ = ["SlideResult", "effective_config", "run_slide"]
+
+log = logging.getLogger(__name__)
+
+TISSUE_PNG = "tissue.png"
+OVERLAY_MAX_PX = 2048
+"""Longest side of the thumbnail under ``overlay.png``."""
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SlideResult:
+    """What :func:`run_slide` did for one slide.
+
+    Parameters
+    ----------
+    slide
+        Facts about the slide (no patient data).
+    out_dir
+        Folder the outputs were written into.
+    n_tiles
+        Tiles that went through the model.
+    timings
+        Seconds per stage (``open``, ``tissue``, ``grid``, ``inference``, ``stitch``,
+        ``write``, ``total``).
+    outputs
+        Output files by key (``heatmaps``, ``probability``, ``saliency``,
+        ``tiles_geojson``, ``regions_geojson``, ``tiles_csv``, ``overlay``, ``tissue``,
+        ``run_json``).
+    """
+
+    slide: SlideInfo
+    out_dir: Path
+    n_tiles: int
+    timings: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
+
+    def total(self) -> dict[str, float]:
+        out = {k: round(v, 4) for k, v in self.timings.items()}
+        out["total"] = round(time.perf_counter() - self._t0, 4)
+        return out
+
+
+def effective_config(config: RunConfig, model: LoadedModel) -> RunConfig:
+    """Fill the values a configuration leaves to the model.
+
+    ``tiling.tile_size``, ``tiling.spacing`` and ``model.layer`` left ``None`` take the
+    model's ``patch_size``, ``spacing`` and ``saliency_layer``, so the configuration
+    hash in ``run.json`` records what was actually run. Idempotent.
+
+    Raises
+    ------
+    ConfigError
+        Non-positive tile size or spacing.
+    """
+    spec = model.spec
+    tile = config.tiling.tile_size if config.tiling.tile_size is not None else spec.patch_size
+    spacing = config.tiling.spacing if config.tiling.spacing is not None else spec.spacing
+    if tile <= 0 or spacing <= 0:
+        raise ConfigError(f"tile size ({tile}) and spacing ({spacing}) must be positive")
+    layer = config.model.layer if config.model.layer is not None else spec.saliency_layer
+    return dataclasses.replace(
+        config,
+        tiling=dataclasses.replace(config.tiling, tile_size=int(tile), spacing=float(spacing)),
+        model=dataclasses.replace(config.model, layer=layer),
+    )
+
+
+def _resolve_pattern(pattern: str | None, slide: Path) -> Path | None:
+    """Per-slide file from a pattern with ``{stem}``/``{name}``, relative to the slide."""
+    if not pattern:
+        return None
+    p = Path(pattern.format(stem=slide.stem, name=slide.name)).expanduser()
+    return p if p.is_absolute() else slide.parent / p
+
+
+def _overlay_spacing(info: SlideInfo) -> float:
+    assert info.mpp is not None
+    w_um = info.dimensions[0] * info.mpp.x
+    h_um = info.dimensions[1] * info.mpp.y
+    return max(info.mpp.x, max(w_um, h_um) / OVERLAY_MAX_PX)
+
+
+def _open(path: Path, config: RunConfig, backend: str | None = None) -> SlideReader:
+    return open_slide(
+        path,
+        backend=backend or config.slide.backend,
+        mpp=config.slide.mpp,
+        mpp_sidecar=config.slide.mpp_sidecar,
+    )
+
+
+def _slide_facts(info: SlideInfo) -> dict[str, Any]:
+    """Slide facts for run.json: geometry and spacing only, never patient data."""
+    assert info.mpp is not None
+    return {
+        "file": Path(info.path).name,
+        "backend": info.backend,
+        "vendor": info.vendor,
+        "dimensions": list(info.dimensions),
+        "level_count": info.level_count,
+        "level_downsamples": [round(d, 6) for d in info.level_downsamples],
+        "mpp": {"x": info.mpp.x, "y": info.mpp.y, "source": info.mpp.source},
+        "objective_power": info.objective_power,
+    }
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+def _tile_batches(
+    path: Path,
+    config: RunConfig,
+    info: SlideInfo,
+    grid: TileGrid,
+    device: torch.device,
+) -> Iterator[tuple[npt.NDArray[np.int64], Any]]:
+    """Tile batches read ahead by reader threads; pinned tensors on CUDA."""
+    from wsi_saliency.prefetch import iter_tile_batches
+
+    def read_batch(reader: SlideReader, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+        tiles = read_tiles(reader, grid, idx)
+        if device.type == "cuda":
+            return torch.from_numpy(tiles).pin_memory()  # type: ignore[return-value]
+        return tiles
+
+    yield from iter_tile_batches(
+        lambda: _open(path, config, backend=info.backend),
+        read_batch,
+        len(grid),
+        batch_size=config.inference.batch_size,
+        workers=config.inference.workers,
+    )
+
+
+def run_slide(
+    path: str | Path,
+    model: LoadedModel,
+    config: RunConfig,
+    out_dir: Path,
+    *,
+    progress: ProgressFn | None = None,
+) -> SlideResult:
+    """Run the whole pipeline on one slide and write its outputs into ``out_dir``.
+
+    Parameters
+    ----------
+    path
+        The slide file.
+    model
+        The loaded classifier (see :func:`wsi_saliency.models.load_model`).
+    config
+        The run configuration; ``None`` tiling values come from the model's config.
+    out_dir
+        Existing, empty folder for this slide's outputs (``batch.py`` passes a
+        temporary folder it renames into place when this returns).
+    progress
+        Called as ``progress(done_tiles, total_tiles)`` after every batch.
+
+    Returns
+    -------
+    SlideResult
+        Slide facts, tile count, timings and output paths.
+
+    Raises
+    ------
+    WsiSaliencyError
+        Unreadable slide, missing MPP, no tissue, slide smaller than a tile, bad
+        layer/method, ... Outputs already written to ``out_dir`` are left for the
+        caller to discard.
+    """
+    slide_path = Path(path)
+    out_dir = Path(out_dir)
+    watch = _Stopwatch()
+    config = effective_config(config, model)
+    tile_size = config.tiling.tile_size
+    spacing = config.tiling.spacing
+    assert tile_size is not None and spacing is not None
+    device = _device(config.inference.device)
+
+    with watch.stage("open"):
+        reader = _open(slide_path, config)
+    with reader:
+        info = reader.info
+        with watch.stage("tissue"):
+            tcfg = config.tissue
+            thumb, thumb_ds = thumbnail_at_spacing(reader, tcfg.spacing)
+            mask = mask_from_thumbnail(
+                thumb,
+                downsample=thumb_ds,
+                spacing=tcfg.spacing,
+                method=tcfg.method,
+                threshold=tcfg.threshold,
+                min_object_um2=tcfg.min_object_um2,
+                roi=_resolve_pattern(tcfg.roi, slide_path),
+                slide_dimensions=info.dimensions,
+                name=info.path,
+            )
+        with watch.stage("grid"):
+            grid = make_grid(
+                info,
+                mask,
+                tile_size=tile_size,
+                spacing=spacing,
+                overlap=config.tiling.overlap,
+                min_tissue=config.tiling.min_tissue,
+            )
+        engine = SaliencyEngine(
+            model,
+            layer=config.model.layer,
+            method=config.model.method,
+            smoothing=config.model.smoothing,
+            device=device,
+            autocast=config.inference.autocast,
+            target=config.model.target,
+        )
+        scratch = out_dir / ".scratch.zarr"
+        stitcher = Stitcher(
+            scratch,
+            grid,
+            engine.map_shape,
+            model.spec.class_names,
+            blend=config.output.blend,
+            tumor_class=model.spec.tumor_class,
+        )
+        log.info(
+            "%s: %d tiles of %d px at %.3g um/px (level %d), layer %s, %s + %s on %s",
+            slide_path.name, len(grid), tile_size, spacing, grid.level, engine.layer,
+            config.model.method, config.model.smoothing, device,
+        )
+        n_done = 0
+        t_inf = time.perf_counter()
+        for idx, tiles in _tile_batches(slide_path, config, info, grid, device):
+            with watch.stage("model"):
+                probs, maps = engine.run(tiles)
+            with watch.stage("stitch"):
+                stitcher.add(BatchResult(indices=idx, probabilities=probs, maps=maps))
+            n_done += len(idx)
+            if progress is not None:
+                progress(n_done, len(grid))
+        watch.timings["inference"] = time.perf_counter() - t_inf
+        with watch.stage("finalize"):
+            heatmaps = stitcher.finalize()
+
+        with watch.stage("write"):
+            overlay_thumb, overlay_ds = thumbnail_at_spacing(reader, _overlay_spacing(info))
+            outputs, scaling = write_heatmap_outputs(
+                out_dir,
+                heatmaps,
+                thumbnail=overlay_thumb,
+                thumbnail_downsample=overlay_ds,
+                output=config.output,
+                name=slide_path.stem,
+            )
+            outputs["tissue"] = save_tissue_png(thumb, mask, out_dir / TISSUE_PNG)
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    timings = watch.total()
+    tiles_per_s = n_done / watch.timings["inference"] if watch.timings["inference"] > 0 else 0.0
+    payload: dict[str, Any] = {
+        "wsi_saliency_version": __version__,
+        "status": "done",
+        "config_hash": config_hash(config, model.spec.weights_sha256),
+        "config": to_jsonable(config),
+        "model": {
+            "name": model.spec.name,
+            "architecture": model.spec.architecture,
+            "weights_file": model.spec.weights_file,
+            "weights_sha256": model.spec.weights_sha256,
+            "class_names": list(model.spec.class_names),
+            "tumor_class": model.spec.tumor_class,
+            "patch_size": model.spec.patch_size,
+            "spacing_um_px": model.spec.spacing,
+        },
+        "saliency": {
+            "layer": engine.layer,
+            "method": engine.method,
+            "smoothing": engine.smoothing,
+            "target": model.spec.class_names[engine.target],
+            "map_shape": list(engine.map_shape),
+            "display_scaling": scaling.as_dict(),
+        },
+        "slide": _slide_facts(info),
+        "tissue": {
+            "method": mask.method,
+            "threshold": mask.threshold,
+            "thumbnail_spacing_um": mask.spacing,
+        },
+        "tiling": {
+            "tile_size": grid.tile_size,
+            "spacing_um_px": grid.spacing,
+            "overlap": grid.overlap,
+            "stride": grid.stride,
+            "min_tissue": config.tiling.min_tissue,
+            "read_level": grid.level,
+            "read_downsample": grid.level_downsample,
+            "grid_shape": list(grid.grid_shape),
+            "n_tiles": len(grid),
+        },
+        "heatmap": {
+            "pixel_size_um": heatmaps.pixel_size_um,
+            "shape": list(heatmaps.shape),
+            "channels": list(heatmaps.channel_names),
+            "blend": heatmaps.blend,
+            "coverage": heatmaps.coverage,
+        },
+        "device": str(device),
+        "inference": {
+            "batch_size": config.inference.batch_size,
+            "workers": config.inference.workers,
+            "tiles_per_second": round(tiles_per_s, 2),
+        },
+        "timings_s": timings,
+        "outputs": sorted(p.name for p in outputs.values()),
+        "versions": collect_versions(),
+        "hardware": collect_hardware(),
+    }
+    outputs["run_json"] = write_run_json(out_dir / RUN_JSON_FILENAME, payload)
+    return SlideResult(slide=info, out_dir=out_dir, n_tiles=n_done, timings=timings,
+                       outputs=outputs)
