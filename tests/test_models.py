@@ -46,7 +46,7 @@ def _model_dir(tmp_path: Path, config: dict[str, Any] | None = None,
                state: dict[str, torch.Tensor] | None = None, fmt: str = "safetensors",
                net: nn.Module | None = None) -> Path:
     d = tmp_path / "model"
-    d.mkdir(exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(config or WSINFER_CONFIG))
     if state is None:
         torch.manual_seed(0)

@@ -208,6 +208,9 @@ def test_layer_by_path_and_unknown_layer(demo: LoadedModel, resnet18: LoadedMode
         SaliencyEngine(demo, layer="layer_3")
     assert isinstance(info.value, KeyError) and isinstance(info.value, WsiSaliencyError)
     assert "'layer_3' not found" in str(info.value)
+    # DeepLift cannot handle torchvision's shared ReLU modules: refused up front
+    with pytest.raises(SaliencyUnsupportedError, match="deeplift.*relu.*runs 2 times"):
+        SaliencyEngine(resnet18, method="deeplift")
     # a module that runs twice (torchvision BasicBlock.relu) is refused
     with pytest.raises(ConfigError, match="runs 2 times"):
         SaliencyEngine(resnet18, layer="layer3.0.relu")
@@ -224,6 +227,12 @@ def test_list_layers(demo: LoadedModel, resnet18: LoadedModel) -> None:
     assert default_layer(all_infos) == "layer3"
     relu = next(i for i in all_infos if i.name == "layer1.0.relu")
     assert relu.calls == 2 and not relu.is_candidate
+    # outermost stride-16 block with a strided (depthwise) convolution after it
+    tvm = pytest.importorskip("torchvision.models")
+    mobilenet = tvm.mobilenet_v2(weights=None, num_classes=2).eval()
+    assert default_layer(list_layers(mobilenet, 224, candidates_only=False)) == "features.13"
+    with pytest.raises(ValueError, match="input_size"):
+        list_layers(mobilenet)
 
 
 # ------------------------------------------------------------------ smoothing on networks
@@ -259,11 +268,11 @@ def test_backward_hook_logits_bitwise_equal(demo: LoadedModel, resnet18: LoadedM
     for model in (demo, resnet18):
         eng_plain = SaliencyEngine(model, smoothing="none")
         eng_hook = SaliencyEngine(model, smoothing="backward-hook")
-        x = eng_plain.preprocess(tiles[:4])
+        x = eng_plain.preprocess(tiles[:2])
         with torch.no_grad():
             ref = model.module(x)
-        l_plain, a_plain = eng_plain.attributions(tiles[:4])
-        l_hook, a_hook = eng_hook.attributions(tiles[:4])
+        l_plain, a_plain = eng_plain.attributions(tiles[:2])
+        l_hook, a_hook = eng_hook.attributions(tiles[:2])
         assert torch.equal(l_plain, ref) and torch.equal(l_hook, ref)
         assert not torch.allclose(a_plain, a_hook)
 

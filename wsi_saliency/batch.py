@@ -416,7 +416,8 @@ def completed_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     -------
     dict or None
         None when the folder or its ``run.json`` is missing or unreadable, or when a
-        file that ``run.json`` lists under ``outputs`` is missing.
+        file that ``run.json`` lists under ``outputs`` (a list of names or a mapping
+        to paths) is missing.
     """
     run_json = Path(folder) / "run.json"
     try:
@@ -427,10 +428,22 @@ def completed_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
     outputs = data.get("outputs")
     if isinstance(outputs, dict):
-        for rel in outputs.values():
-            if isinstance(rel, str) and not (Path(folder) / Path(rel).name).exists():
-                return None
+        listed = list(outputs.values())
+    elif isinstance(outputs, list):
+        listed = outputs
+    else:
+        listed = []
+    for rel in listed:
+        if isinstance(rel, str) and not (Path(folder) / Path(rel).name).exists():
+            return None
     return data
+
+
+def _recorded_n_tiles(run: dict[str, Any]) -> int | None:
+    for holder in (run, run.get("tiling")):
+        if isinstance(holder, dict) and isinstance(holder.get("n_tiles"), int):
+            return int(holder["n_tiles"])
+    return None
 
 
 def _recorded_hashes(run: dict[str, Any]) -> tuple[Any, Any]:
@@ -817,8 +830,7 @@ def _run_one(
         skip, run = _skip_reason(final, expected, weights)
         if skip and run is not None:
             record.status, record.output = "skipped", str(final)
-            n_tiles = run.get("n_tiles")
-            record.n_tiles = n_tiles if isinstance(n_tiles, int) else None
+            record.n_tiles = _recorded_n_tiles(run)
             logger.info(
                 "%s: skipped (complete for this configuration)",
                 tag,

@@ -63,35 +63,71 @@ def tissue_fractions(
 
     Exact area overlap with the mask pixels (a summed-area table interpolated
     bilinearly, which is exact for a piecewise-constant mask); area outside the mask
-    counts as background.
+    counts as background. Rectangles are processed in bands of rows so that memory
+    stays bounded for very large masks.
     """
-    m = mask.mask.astype(np.float64)
+    x0 = np.asarray(x0, dtype=np.float64)
+    y0 = np.asarray(y0, dtype=np.float64)
+    x0, y0 = np.broadcast_arrays(x0, y0)
+    shape = x0.shape
+    xf, yf = x0.reshape(-1), y0.reshape(-1)
+    out = np.zeros(xf.shape, dtype=np.float32)
+    m = mask.mask
     rows, cols = m.shape
-    sat = np.zeros((rows + 1, cols + 1), dtype=np.float64)
-    sat[1:, 1:] = m.cumsum(0).cumsum(1)
     ds = mask.downsample
+    if xf.size == 0 or not m.any():
+        return out.reshape(shape)
+    # only the mask's occupied bounding box matters
+    rr = np.nonzero(m.any(axis=1))[0]
+    cc = np.nonzero(m.any(axis=0))[0]
+    br0, br1, bc0, bc1 = int(rr[0]), int(rr[-1]) + 1, int(cc[0]), int(cc[-1]) + 1
+    order = np.argsort(yf, kind="stable")
+    band_rows = max(64, (1 << 22) // max(1, bc1 - bc0))  # ~32 MB of float64 table
+    pix_area = (width / ds) * (height / ds)
+    i = 0
+    n = order.size
+    while i < n:
+        v_lo = yf[order[i]] / ds
+        r_lo = max(br0, int(math.floor(v_lo)))
+        j = i
+        r_hi_limit = r_lo + band_rows
+        while j < n and (yf[order[j]] + height) / ds <= r_hi_limit:
+            j += 1
+        if j == i:  # one rectangle taller than a band: take it alone
+            j = i + 1
+        sel = order[i:j]
+        v0 = yf[sel] / ds
+        v1 = (yf[sel] + height) / ds
+        u0 = xf[sel] / ds
+        u1 = (xf[sel] + width) / ds
+        r0 = min(max(br0, int(math.floor(v0.min()))), br1)
+        r1 = max(min(br1, int(math.ceil(v1.max()))), r0)
+        if r1 > r0:
+            sub = m[r0:r1, bc0:bc1]
+            sat = np.zeros((r1 - r0 + 1, bc1 - bc0 + 1), dtype=np.float64)
+            sat[1:, 1:] = sub.cumsum(0, dtype=np.float64).cumsum(1)
+            a = _sat_area(sat, u1 - bc0, v1 - r0) - _sat_area(sat, u0 - bc0, v1 - r0)
+            a -= _sat_area(sat, u1 - bc0, v0 - r0) - _sat_area(sat, u0 - bc0, v0 - r0)
+            out[sel] = np.clip(a / pix_area, 0.0, 1.0)
+        i = j
+    return out.reshape(shape)
 
-    def area(u: npt.NDArray[np.float64], v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        u = np.clip(u, 0.0, cols)
-        v = np.clip(v, 0.0, rows)
-        i = np.minimum(np.floor(u).astype(np.int64), cols - 1)
-        j = np.minimum(np.floor(v).astype(np.int64), rows - 1)
-        fu = u - i
-        fv = v - j
-        a00 = sat[j, i]
-        a01 = sat[j, i + 1]
-        a10 = sat[j + 1, i]
-        a11 = sat[j + 1, i + 1]
-        out: npt.NDArray[np.float64] = (a00 * (1 - fu) + a01 * fu) * (1 - fv) + (
-            a10 * (1 - fu) + a11 * fu
-        ) * fv
-        return out
 
-    u0, v0 = x0 / ds, y0 / ds
-    u1, v1 = (x0 + width) / ds, (y0 + height) / ds
-    tissue = area(u1, v1) - area(u0, v1) - area(u1, v0) + area(u0, v0)
-    frac = tissue / ((width / ds) * (height / ds))
-    return np.clip(frac, 0.0, 1.0).astype(np.float32)
+def _sat_area(
+    sat: npt.NDArray[np.float64], u: npt.NDArray[np.float64], v: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Tissue area in ``[0, u) x [0, v)`` (mask px) from a summed-area table."""
+    rows, cols = sat.shape[0] - 1, sat.shape[1] - 1
+    u = np.clip(u, 0.0, cols)
+    v = np.clip(v, 0.0, rows)
+    i = np.minimum(np.floor(u).astype(np.int64), max(cols - 1, 0))
+    j = np.minimum(np.floor(v).astype(np.int64), max(rows - 1, 0))
+    fu = u - i
+    fv = v - j
+    out: npt.NDArray[np.float64] = (sat[j, i] * (1 - fu) + sat[j, i + 1] * fu) * (1 - fv) + (
+        sat[j + 1, i] * (1 - fu) + sat[j + 1, i + 1] * fu
+    ) * fv
+    return out
 
 
 def make_grid(

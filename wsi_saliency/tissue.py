@@ -18,7 +18,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
-from skimage import color, filters, morphology, segmentation
+from skimage import filters, measure, morphology, segmentation
 
 from wsi_saliency.errors import ConfigError, MissingMppError, NoTissueError
 from wsi_saliency.readers.base import SlideReader
@@ -29,8 +29,10 @@ __all__ = [
     "CLOSING_UM",
     "DILATION_UM",
     "MIN_SATURATION",
+    "TISSUE_PNG_MAX",
     "detect_tissue",
     "mask_from_thumbnail",
+    "otsu_threshold",
     "save_tissue_png",
     "saturation",
     "thumbnail_at_spacing",
@@ -43,6 +45,8 @@ MIN_SATURATION: Final[float] = 0.05
 CLOSING_UM: Final[float] = 32.0
 #: Radius (um) by which the cleaned mask is grown, so that pale tissue borders are kept.
 DILATION_UM: Final[float] = 16.0
+#: Longest side (px) of ``tissue.png``; larger thumbnails are reduced for a quick look.
+TISSUE_PNG_MAX: Final[int] = 2048
 #: Contour colour drawn in ``tissue.png``.
 CONTOUR_RGB: Final[tuple[int, int, int]] = (0, 200, 0)
 
@@ -71,10 +75,33 @@ def thumbnail_at_spacing(
     return reader.read_at_downsample(ds), ds
 
 
-def saturation(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
-    """HSV saturation in 0..1."""
-    sat: npt.NDArray[np.float64] = color.rgb2hsv(rgb)[..., 1]
-    return sat
+def saturation(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """HSV saturation ``(max - min) / max`` scaled to 0..255 (uint8), in row strips.
+
+    Equals ``round(255 * skimage.color.rgb2hsv(rgb)[..., 1])`` without its float64
+    copies of the whole image (a 100k px slide at 8 um/px is a 6250 x 6250 thumbnail).
+    """
+    h = rgb.shape[0]
+    out = np.empty(rgb.shape[:2], dtype=np.uint8)
+    step = max(1, (1 << 22) // max(1, rgb.shape[1]))
+    for r0 in range(0, h, step):
+        a = rgb[r0 : r0 + step]
+        mx = np.maximum(np.maximum(a[..., 0], a[..., 1]), a[..., 2])
+        mn = np.minimum(np.minimum(a[..., 0], a[..., 1]), a[..., 2])
+        num = (mx - mn).astype(np.float32) * np.float32(255.0)
+        sat = np.divide(num, mx, out=np.zeros_like(num), where=mx > 0)
+        out[r0 : r0 + step] = np.rint(sat).astype(np.uint8)
+    return out
+
+
+def otsu_threshold(sat: npt.NDArray[np.uint8]) -> float:
+    """Otsu's threshold (0..1) of a uint8 saturation image; pixels above it are tissue."""
+    hist = np.bincount(sat.reshape(-1), minlength=256).astype(np.float64)
+    if np.count_nonzero(hist) < 2:
+        return 1.0
+    centres = np.arange(256, dtype=np.float64)
+    t = float(filters.threshold_otsu(hist=(hist, centres)))
+    return t / 255.0
 
 
 def _disk(radius_px: float) -> npt.NDArray[np.uint8] | None:
@@ -163,12 +190,11 @@ def mask_from_thumbnail(
         raise ConfigError(f"min_object_um2 must be >= 0, got {min_object_um2!r}")
     sat = saturation(rgb)
     if method == "otsu":
-        t = float(filters.threshold_otsu(sat)) if np.ptp(sat) > 0 else 1.0
-        t = max(t, MIN_SATURATION)
+        t = max(otsu_threshold(sat), MIN_SATURATION)
     else:
         assert threshold is not None
         t = float(threshold)
-    mask = _clean(sat > t, spacing, min_object_um2)
+    mask = _clean(sat > np.float32(t * 255.0), spacing, min_object_um2)
     used = method
     if roi is not None:
         if isinstance(roi, Roi):
@@ -189,8 +215,42 @@ def mask_from_thumbnail(
     return TissueMask(mask=mask, downsample=downsample, spacing=spacing, threshold=t, method=used)
 
 
+#: Block size (mask px) of the coarse occupancy grid that lets clean-up skip empty areas.
+_BLOCK: Final[int] = 64
+
+
 def _clean(mask: npt.NDArray[np.bool_], px_um: float, min_object_um2: float) -> npt.NDArray[np.bool_]:
-    """Closing, small-object removal, hole filling, dilation - all sized in microns."""
+    """Closing, small-object removal, hole filling, dilation - all sized in microns.
+
+    Works only where there is something: candidate pixels are grouped into clusters of
+    64 x 64 px blocks (clusters at least one empty block apart cannot influence each
+    other through these operations, whose reach is far below 64 px), and each cluster's
+    bounding box is cleaned on its own. Time and memory follow the tissue, not the
+    slide, so a sparse 100k x 100k px slide is cleaned in a fraction of a second.
+    """
+    out = np.zeros(mask.shape, dtype=bool)
+    if not mask.any():
+        return out
+    b = _BLOCK
+    rows, cols = mask.shape
+    nbr, nbc = -(-rows // b), -(-cols // b)
+    padded = np.zeros((nbr * b, nbc * b), dtype=bool)
+    padded[:rows, :cols] = mask
+    occupied = padded.reshape(nbr, b, nbc, b).any(axis=(1, 3))
+    grown = ndi.binary_dilation(occupied, structure=np.ones((3, 3), bool))
+    labels = measure.label(grown, connectivity=2)
+    for region in measure.regionprops(labels):
+        br0, bc0, br1, bc1 = region.bbox
+        r0, c0 = br0 * b, bc0 * b
+        r1, c1 = min(rows, br1 * b), min(cols, bc1 * b)
+        own = np.repeat(np.repeat(labels[br0:br1, bc0:bc1] == region.label, b, 0), b, 1)
+        own = own[: r1 - r0, : c1 - c0]
+        cleaned = _clean_dense(mask[r0:r1, c0:c1] & own, px_um, min_object_um2)
+        out[r0:r1, c0:c1] |= cleaned & own
+    return out
+
+
+def _clean_dense(mask: npt.NDArray[np.bool_], px_um: float, min_object_um2: float) -> npt.NDArray[np.bool_]:
     se = _disk(CLOSING_UM / px_um)
     if se is not None:
         # pad so that closing does not erode tissue touching the border
@@ -208,11 +268,28 @@ def _clean(mask: npt.NDArray[np.bool_], px_um: float, min_object_um2: float) -> 
 
 
 def tissue_overlay(
-    rgb: npt.NDArray[np.uint8], mask: npt.NDArray[np.bool_]
+    rgb: npt.NDArray[np.uint8], mask: npt.NDArray[np.bool_], max_size: int | None = None
 ) -> npt.NDArray[np.uint8]:
-    """The thumbnail with the tissue contour drawn in :data:`CONTOUR_RGB`."""
+    """The thumbnail with the tissue contour drawn in :data:`CONTOUR_RGB`.
+
+    With ``max_size``, thumbnail and mask are first reduced by the smallest whole
+    factor that brings the longer side to at most ``max_size`` pixels (block mean).
+    """
     if rgb.shape[:2] != mask.shape:
         raise ValueError(f"thumbnail {rgb.shape[:2]} and mask {mask.shape} differ in shape")
+    k = 1
+    if max_size is not None and max(mask.shape) > max_size:
+        k = math.ceil(max(mask.shape) / max_size)
+    if k > 1:
+        rows, cols = mask.shape[0] // k, mask.shape[1] // k
+        small = np.empty((rows, cols, 3), dtype=np.uint8)
+        step = max(1, 256 // k)
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            blk = rgb[r0 * k : r1 * k, : cols * k].reshape(r1 - r0, k, cols, k, 3)
+            small[r0:r1] = blk.mean(axis=(1, 3)).round().astype(np.uint8)
+        m = mask[: rows * k, : cols * k].reshape(rows, k, cols, k).mean(axis=(1, 3)) >= 0.5
+        rgb, mask = small, m
     out = rgb.copy()
     edge = segmentation.find_boundaries(mask, mode="inner")
     if max(mask.shape) > 600:
@@ -222,7 +299,11 @@ def tissue_overlay(
 
 
 def save_tissue_png(
-    reader_or_thumb: SlideReader | npt.NDArray[np.uint8], mask: TissueMask, path: str | Path
+    reader_or_thumb: SlideReader | npt.NDArray[np.uint8],
+    mask: TissueMask,
+    path: str | Path,
+    *,
+    max_size: int | None = TISSUE_PNG_MAX,
 ) -> Path:
     """Write ``tissue.png``: the thumbnail at the mask's spacing with the tissue contour.
 
@@ -235,6 +316,9 @@ def save_tissue_png(
         The tissue mask.
     path
         Output PNG.
+    max_size
+        Longest side of the PNG; larger thumbnails are reduced by a whole factor
+        (``None``: full size).
     """
     from PIL import Image
 
@@ -242,7 +326,7 @@ def save_tissue_png(
         rgb = reader_or_thumb
     else:
         rgb = reader_or_thumb.read_at_downsample(mask.downsample)
-    img = tissue_overlay(rgb, mask.mask)
+    img = tissue_overlay(rgb, mask.mask, max_size)
     p = Path(path)
     Image.fromarray(img).save(p, format="PNG")
     return p

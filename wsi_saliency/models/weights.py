@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -106,7 +107,9 @@ def is_torchscript(path: str | Path) -> bool:
 def load_torchscript(path: str | Path) -> torch.nn.Module:
     """Load a TorchScript archive on the CPU (prediction only)."""
     try:
-        module: torch.nn.Module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch >= 2.9 marks torch.jit.load as deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            module: torch.nn.Module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise InvalidModelError(f"{path}: cannot load TorchScript archive ({exc})") from exc
     return module

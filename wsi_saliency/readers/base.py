@@ -28,7 +28,7 @@ from wsi_saliency.types import SlideInfo
 __all__ = ["BaseSlideReader", "SlideReader", "composite_on_white"]
 
 #: Largest strip (bytes of level pixels) read at once by :meth:`read_at_downsample`.
-_STRIP_BYTES: Final[int] = 64 * 1024 * 1024
+_STRIP_BYTES: Final[int] = 16 * 1024 * 1024
 
 
 @runtime_checkable

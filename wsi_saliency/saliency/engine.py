@@ -30,6 +30,12 @@ __all__ = ["SaliencyEngine", "resolve_device"]
 
 TileBatch = npt.NDArray[np.uint8] | torch.Tensor
 
+# module types whose gradients Captum's DeepLift rewrites (and which must not be shared)
+_DEEPLIFT_NONLINEAR = frozenset({
+    "ReLU", "ReLU6", "ELU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "MaxPool1d",
+    "MaxPool2d", "MaxPool3d",
+})
+
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """Turn ``"auto"`` / ``"cpu"`` / ``"cuda[:N]"`` into a device, checking CUDA exists."""
@@ -163,6 +169,14 @@ class SaliencyEngine:
         assert info.shape is not None
         self._layer_name = name
         self._map_shape = (info.shape[1], info.shape[2])
+        if self._method == "deeplift":
+            reused = [i.name for i in infos if i.calls > 1 and i.kind in _DEEPLIFT_NONLINEAR]
+            if reused:
+                raise SaliencyUnsupportedError(
+                    f"deeplift needs every non-linearity module to run once, but {reused[0]!r}"
+                    f" runs {next(i.calls for i in infos if i.name == reused[0])} times (shared "
+                    "module); use method 'integrated-gradients' or 'gradient'"
+                )
         mods = dict(module.named_modules())
         convs = [i for i in infos if isinstance(mods.get(i.name), torch.nn.Conv2d)]
         # the stem (left alone by forward-hook smoothing) is the first convolution to run

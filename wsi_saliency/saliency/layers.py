@@ -214,9 +214,11 @@ def list_layers(
 def default_layer(infos: list[LayerInfo], preferred_stride: float = 16.0) -> str:
     """Pick a layer when none is configured.
 
-    The last-completing feature map at ``preferred_stride`` with a strided convolution
-    after it (``layer3`` of a ResNet at stride 16); failing that the coarsest feature
-    map with a strided convolution after it; failing that the last feature map.
+    Among feature maps at ``preferred_stride``, preferring those with a strided
+    convolution after them (where hook smoothing acts), the outermost module (fewest
+    dots in its path) that completes last: ``layer3`` of a ResNet or of the demo CNN,
+    ``features.13`` of a MobileNetV2. Without any map at that stride: the coarsest map
+    with a strided convolution after it, else the last feature map.
 
     Raises
     ------
@@ -226,10 +228,17 @@ def default_layer(infos: list[LayerInfo], preferred_stride: float = 16.0) -> str
     cands = [i for i in infos if i.is_candidate]
     if not cands:
         raise SaliencyUnsupportedError("the network produces no (C, h, w) feature map to explain")
-    at_stride = [i for i in cands if i.stride == preferred_stride and i.strided_convs_after > 0]
+
+    def outermost_last(group: list[LayerInfo]) -> str:
+        return max(group, key=lambda i: (-i.name.count("."), i.order)).name
+
+    at_stride = [i for i in cands if i.stride == preferred_stride]
+    smoothed = [i for i in at_stride if i.strided_convs_after > 0]
+    if smoothed:
+        return outermost_last(smoothed)
     if at_stride:
-        return max(at_stride, key=lambda i: i.order).name
+        return outermost_last(at_stride)
     with_conv = [i for i in cands if i.strided_convs_after > 0 and i.stride is not None]
     if with_conv:
-        return max(with_conv, key=lambda i: (i.stride or 0.0, i.order)).name
+        return max(with_conv, key=lambda i: (i.stride or 0.0, -i.name.count("."), i.order)).name
     return max(cands, key=lambda i: i.order).name

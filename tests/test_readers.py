@@ -1,0 +1,341 @@
+"""Slide readers: backends, spacing policy, pixel-type checks, bad inputs, geometry."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from wsi_saliency import synthetic
+from wsi_saliency.errors import (
+    ConfigError,
+    MissingMppError,
+    SlideOpenError,
+    UnsupportedPixelTypeError,
+    WsiSaliencyError,
+)
+from wsi_saliency.readers import SlideReader, composite_on_white, open_slide
+from wsi_saliency.readers.mpp import mpp_from_resolution, vendor_mpp
+from wsi_saliency.types import Mpp
+
+BACKENDS = ("openslide", "tiffslide")
+
+SMALL = synthetic.SyntheticSlide(
+    width=512,
+    height=384,
+    mpp=0.5,
+    tissue=(((100.0, 100.0), (400.0, 100.0), (400.0, 300.0), (100.0, 300.0)),),
+)
+
+
+# ----------------------------------------------------------------------- real slides
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_real_slides_open_with_both_backends(cmu_slide: Path, tcga_slide: Path, backend: str) -> None:
+    with open_slide(cmu_slide, backend=backend) as r:
+        assert isinstance(r, SlideReader)
+        info = r.info
+        assert info.backend == backend
+        assert info.dimensions == (2220, 2967)
+        assert info.level_dimensions == ((2220, 2967),)
+        assert info.mpp == Mpp(0.499, 0.499, "aperio")
+        assert info.objective_power == 20.0
+        assert info.vendor == "aperio"
+    with open_slide(tcga_slide, backend=backend, mpp=0.25) as r:
+        assert r.info.dimensions == (4443, 3567)
+        assert r.info.level_dimensions == ((4443, 3567), (2221, 1783))
+        assert r.info.mpp == Mpp(0.25, 0.25, "override")
+
+
+@pytest.mark.real_data
+def test_backends_agree_on_real_slides(cmu_slide: Path, tcga_slide: Path) -> None:
+    for path, mpp in ((cmu_slide, None), (tcga_slide, 0.25)):
+        infos = []
+        pixels = []
+        for backend in BACKENDS:
+            with open_slide(path, backend=backend, mpp=mpp) as r:
+                infos.append(dataclasses.replace(r.info, backend="x"))
+                pixels.append(r.read_region((1000, 1200), 0, (128, 96)).astype(int))
+        assert infos[0] == infos[1]
+        assert np.abs(pixels[0] - pixels[1]).mean() < 1.0
+
+
+@pytest.mark.real_data
+def test_auto_prefers_openslide(cmu_slide: Path) -> None:
+    with open_slide(cmu_slide) as r:
+        assert r.info.backend == "openslide"
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("backend", ("auto", *BACKENDS))
+def test_tcga_without_mpp_names_file_and_fix(tcga_slide: Path, backend: str) -> None:
+    with pytest.raises(MissingMppError) as ei:
+        open_slide(tcga_slide, backend=backend)
+    msg = str(ei.value)
+    assert "TCGA-CR-7395-01A-01-TS1.svs" in msg and "--mpp" in msg
+    assert "\n" not in msg
+    assert isinstance(ei.value, ValueError)
+    # require_mpp=False opens it without a spacing
+    with open_slide(tcga_slide, backend=backend, require_mpp=False) as r:
+        assert r.info.mpp is None
+
+
+@pytest.mark.real_data
+def test_no_associated_images_or_patient_properties(cmu_slide: Path) -> None:
+    for backend in BACKENDS:
+        with open_slide(cmu_slide, backend=backend) as r:
+            text = repr(dataclasses.asdict(r.info)) + repr(r)
+            for leak in ("b414003d", "CMU-1|", "User", "Date", "ScanScope", "label", "macro"):
+                assert leak not in text
+            for attr in ("associated_images", "properties", "label", "macro"):
+                assert not hasattr(r, attr)
+
+
+@pytest.mark.real_data
+def test_generic_tiff_with_72dpi_has_no_plausible_mpp(test_data_dir: Path) -> None:
+    boxes = test_data_dir / "slides" / "boxes.tiff"
+    for backend in BACKENDS:
+        with pytest.raises(MissingMppError):
+            open_slide(boxes, backend=backend)
+        with open_slide(boxes, backend=backend, require_mpp=False) as r:
+            assert r.info.vendor == "generic-tiff"
+            assert r.info.level_count == 4
+
+
+# ------------------------------------------------------------------- spacing policy
+
+
+def test_mpp_from_svs_and_tiff_tags(tmp_path: Path) -> None:
+    svs = synthetic.write_slide(SMALL, tmp_path / "a.svs", kind="svs", tile=128)
+    tif = synthetic.write_slide(SMALL, tmp_path / "a.tiff", kind="tiff", tile=128)
+    for backend in BACKENDS:
+        with open_slide(svs, backend=backend) as r:
+            assert r.info.mpp == Mpp(0.5, 0.5, "aperio")
+        with open_slide(tif, backend=backend) as r:
+            assert r.info.mpp is not None
+            assert r.info.mpp.source == "tiff-resolution"
+            assert r.info.mpp.x == pytest.approx(0.5) and r.info.mpp.y == pytest.approx(0.5)
+
+
+def test_mpp_inch_units_and_separate_axes(tmp_path: Path) -> None:
+    path = tmp_path / "inch.tiff"
+    data = synthetic.render_region(SMALL, 0, 0, 512, 384)
+    # 50800 px/inch = 0.5 um/px along x; 25400 px/inch = 1.0 um/px along y
+    tifffile.imwrite(
+        path, data, tile=(128, 128), photometric="rgb", resolution=(50800, 25400),
+        resolutionunit="INCH",
+    )
+    for backend in BACKENDS:
+        with open_slide(path, backend=backend) as r:
+            assert r.info.mpp is not None
+            assert r.info.mpp.source == "tiff-resolution"
+            assert (r.info.mpp.x, r.info.mpp.y) == (pytest.approx(0.5), pytest.approx(1.0))
+
+
+def test_policy_order_override_sidecar_vendor(tmp_path: Path) -> None:
+    svs = synthetic.write_slide(SMALL, tmp_path / "s.svs", kind="svs", tile=128)
+    (tmp_path / "s.mpp.json").write_text(json.dumps({"mpp_x": 0.3, "mpp_y": 0.31}))
+    with open_slide(svs) as r:
+        assert r.info.mpp == Mpp(0.3, 0.31, "sidecar")
+    with open_slide(svs, mpp=0.2) as r:
+        assert r.info.mpp == Mpp(0.2, 0.2, "override")
+    with open_slide(svs, mpp=(0.2, 0.4)) as r:
+        assert r.info.mpp == Mpp(0.2, 0.4, "override")
+    with open_slide(svs, mpp_sidecar=None) as r:
+        assert r.info.mpp == Mpp(0.5, 0.5, "aperio")
+    # custom pattern
+    (tmp_path / "spacing-s.svs.json").write_text(json.dumps({"mpp": 0.7}))
+    with open_slide(svs, mpp_sidecar="spacing-{name}.json") as r:
+        assert r.info.mpp == Mpp(0.7, 0.7, "sidecar")
+
+
+def test_sidecar_rescues_slide_without_mpp(tmp_path: Path) -> None:
+    svs = synthetic.write_slide(SMALL, tmp_path / "n.svs", kind="svs", tile=128, write_mpp=False)
+    with pytest.raises(MissingMppError, match=r"n\.svs.*--mpp"):
+        open_slide(svs)
+    (tmp_path / "n.mpp.json").write_text('{"mpp": 0.25}')
+    with open_slide(svs) as r:
+        assert r.info.mpp == Mpp(0.25, 0.25, "sidecar")
+
+
+@pytest.mark.parametrize("content", ["not json", "[1, 2]", '{"spacing": 1}', '{"mpp": -1}', '{"mpp": "x"}'])
+def test_bad_sidecar_is_config_error(tmp_path: Path, content: str) -> None:
+    svs = synthetic.write_slide(SMALL, tmp_path / "b.svs", kind="svs", tile=128)
+    (tmp_path / "b.mpp.json").write_text(content)
+    with pytest.raises(ConfigError, match=r"b\.mpp\.json"):
+        open_slide(svs)
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, float("nan"), (0.5,), "abc", True])
+def test_bad_override(tmp_path: Path, bad: object) -> None:
+    svs = synthetic.write_slide(SMALL, tmp_path / "o.svs", kind="svs", tile=128)
+    with pytest.raises(ConfigError):
+        open_slide(svs, mpp=bad)  # type: ignore[arg-type]
+
+
+def test_vendor_mpp_and_resolution_helpers() -> None:
+    assert vendor_mpp({"openslide.vendor": "hamamatsu", "openslide.mpp-x": "0.23", "openslide.mpp-y": "0.24"}, "openslide") == (0.23, 0.24, "openslide")
+    assert vendor_mpp({"openslide.vendor": "aperio", "aperio.MPP": "0.4990"}, "openslide") == (0.499, 0.499, "aperio")
+    assert vendor_mpp({"openslide.vendor": "generic-tiff", "openslide.mpp-x": "0.5"}, "openslide") is None
+    assert vendor_mpp({"tiffslide.vendor": "aperio", "tiffslide.mpp-x": 0.5, "tiffslide.mpp-y": 0.5}, "tiffslide") == (0.5, 0.5, "aperio")
+    assert vendor_mpp({"openslide.vendor": "x", "openslide.mpp-x": "0"}, "openslide") is None
+    assert mpp_from_resolution(20000, 20000, 3) == (0.5, 0.5)
+    assert mpp_from_resolution(50800, 50800, 2) == (0.5, 0.5)
+    assert mpp_from_resolution(20000, 20000, 1) is None  # no unit
+    assert mpp_from_resolution(72, 72, 2) is None  # 352.8 um/px: not physical
+
+
+# ------------------------------------------------------------- pixel types, bad files
+
+
+def test_16bit_tiff_rejected_by_every_backend(tmp_path: Path) -> None:
+    path = tmp_path / "u16.tiff"
+    tifffile.imwrite(path, np.zeros((256, 256, 3), np.uint16), tile=(128, 128), photometric="rgb")
+    for backend in ("auto", *BACKENDS):
+        with pytest.raises(UnsupportedPixelTypeError, match=r"u16\.tiff.*16-bit"):
+            open_slide(path, backend=backend, mpp=0.5)
+
+
+def test_single_channel_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "grey.tiff"
+    tifffile.imwrite(path, np.zeros((256, 256), np.uint8), tile=(128, 128), photometric="minisblack")
+    with pytest.raises(UnsupportedPixelTypeError, match="single-channel"):
+        open_slide(path, mpp=0.5)
+
+
+def test_multiplex_fluorescence_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "mplex.ome.tiff"
+    tifffile.imwrite(
+        path, np.zeros((5, 256, 256), np.uint8), tile=(128, 128), photometric="minisblack",
+        metadata={"axes": "CYX"}, ome=True,
+    )
+    with pytest.raises(UnsupportedPixelTypeError, match="multi-channel"):
+        open_slide(path, mpp=0.5)
+
+
+def test_bad_files(tmp_path: Path, rect_svs: Path) -> None:
+    text = tmp_path / "notes.svs"
+    text.write_text("this is not a slide\n" * 20)
+    trunc = tmp_path / "trunc.svs"
+    data = rect_svs.read_bytes()
+    trunc.write_bytes(data[: len(data) // 2])
+    empty = tmp_path / "empty.svs"
+    empty.write_bytes(b"")
+    cases = {
+        text: "not a readable slide",
+        trunc: "truncated",
+        empty: "empty",
+        tmp_path / "missing.svs": "no such file",
+        tmp_path: "folder",
+    }
+    for path, words in cases.items():
+        for backend in ("auto", *BACKENDS):
+            with pytest.raises(SlideOpenError, match=words) as ei:
+                open_slide(path, backend=backend)
+            assert str(path) in str(ei.value) and "\n" not in str(ei.value)
+            assert isinstance(ei.value, OSError) and isinstance(ei.value, WsiSaliencyError)
+
+
+def test_unknown_backend(rect_svs: Path) -> None:
+    with pytest.raises(ValueError, match="backend"):
+        open_slide(rect_svs, backend="pyvips-nope")
+
+
+def test_auto_falls_back_to_tiffslide(tmp_path: Path) -> None:
+    # a stripped (untiled) TIFF: OpenSlide's generic-tiff driver refuses it
+    path = tmp_path / "stripped.tif"
+    data = synthetic.render_region(SMALL, 0, 0, 512, 384)
+    tifffile.imwrite(path, data, photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    with open_slide(path) as r:
+        assert r.info.backend == "tiffslide"
+        np.testing.assert_array_equal(r.read_region((0, 0), 0, (512, 384)), data)
+    with pytest.raises(SlideOpenError):
+        open_slide(path, backend="openslide")
+
+
+# --------------------------------------------------------------------- pixel access
+
+
+def test_composite_on_white() -> None:
+    rgba = np.array([[[10, 20, 30, 255], [10, 20, 30, 0], [100, 100, 100, 128]]], np.uint8)
+    out = composite_on_white(rgba)
+    assert out.shape == (1, 3, 3)
+    assert out[0, 0].tolist() == [10, 20, 30]
+    assert out[0, 1].tolist() == [255, 255, 255]
+    assert out[0, 2].tolist() == [177, 177, 177]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outside_slide_reads_white(rect_svs: Path, backend: str) -> None:
+    with open_slide(rect_svs, backend=backend) as r:
+        a = r.read_region((-64, -64), 0, (128, 128))
+        assert a.dtype == np.uint8 and a.shape == (128, 128, 3)
+        assert (a[:64] == 255).all() and (a[:, :64] == 255).all()
+        w, h = r.info.dimensions
+        b = r.read_region((w - 10, h - 10), 0, (20, 20))
+        assert (b[10:] == 255).all() and (b[:, 10:] == 255).all()
+        assert not (b[:10, :10] == 255).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_read_level_is_exact_on_coordinate_slide(coordinate_tiff: Path, backend: str) -> None:
+    with open_slide(coordinate_tiff, backend=backend) as r:
+        assert r.info.level_downsamples == (1.0, 2.0, 4.0)
+        for level, d in enumerate((1, 2, 4)):
+            a = r.read_level(level, 37, 21, 40, 30).astype(float)
+            cx = (37 + np.arange(40) + 0.5) * d
+            cy = (21 + np.arange(30) + 0.5) * d
+            exp = synthetic.coordinate_values(cx[None, :], cy[:, None])
+            # B = (x + y) / 32 is linear everywhere: exact to rounding at every level
+            assert np.abs(a[..., 2] - exp[..., 2]).max() <= 0.5 + 1e-9
+            # level-0 read_region semantics: location / downsample
+            b = r.read_region((37 * d, 21 * d), level, (40, 30))
+            np.testing.assert_array_equal(b, a.astype(np.uint8))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_best_level_and_downsampled_reads(coordinate_tiff: Path, backend: str) -> None:
+    with open_slide(coordinate_tiff, backend=backend) as r:
+        assert [r.best_level_for_downsample(d) for d in (0.5, 1, 1.9, 2, 3.99, 4, 100)] == [0, 0, 0, 1, 1, 2, 2]
+        for ds in (4.0, 6.0, 16.0):
+            a = r.read_at_downsample(ds).astype(float)
+            assert a.shape == (int(np.ceil(1536 / ds)), int(np.ceil(2048 / ds)), 3)
+            c = (np.arange(a.shape[1]) + 0.5) * ds
+            rr = (np.arange(a.shape[0]) + 0.5) * ds
+            exp = synthetic.coordinate_values(c[None, :], rr[:, None])
+            inner = (slice(2, -2), slice(2, -2))
+            assert np.abs(a[..., 2][inner] - exp[..., 2][inner]).max() <= 0.6
+        t = r.get_thumbnail((256, 256))
+        assert t.shape == (192, 256, 3)
+        s = r.read_at_spacing(8.0)
+        assert s.shape == (96, 128, 3)
+
+
+def test_closed_reader_refuses(rect_svs: Path) -> None:
+    r = open_slide(rect_svs)
+    r.close()
+    r.close()  # idempotent
+    with pytest.raises(SlideOpenError, match="closed"):
+        r.read_region((0, 0), 0, (8, 8))
+
+
+def test_corrupt_tile_data_is_slide_open_error(tmp_path: Path, rect_svs: Path) -> None:
+    bad = tmp_path / "corrupt.svs"
+    shutil.copy(rect_svs, bad)
+    with tifffile.TiffFile(bad) as tf:
+        page = tf.pages[0]
+        # pick a tissue tile of level 0 and overwrite its bytes with garbage
+        idx = 2 * page.chunked[1] + 3  # type: ignore[union-attr]
+        off, cnt = page.dataoffsets[idx], page.databytecounts[idx]  # type: ignore[union-attr]
+    with open(bad, "r+b") as fh:
+        fh.seek(off)
+        fh.write(b"\x00" * cnt)
+    with open_slide(bad, backend="tiffslide") as r, pytest.raises(SlideOpenError, match="corrupt"):
+        r.read_region((3 * 256, 2 * 256), 0, (256, 256))
