@@ -646,3 +646,85 @@ def test_resume_accepts_a_run_json_hashed_by_another_implementation(tmp_path: Pa
     # unparseable recorded config: redone, not a crash
     bad = {"config_hash": "x", "model": {"weights_sha256": "a" * 64}, "config": {"bogus": 1}}
     assert not run_matches(bad, expected, "a" * 64)
+
+
+# ----------------------------------------------------------------------------- real worker
+
+
+def require_pipeline() -> None:
+    """Skip unless the real per-slide worker and the bundled demo model are there."""
+    try:
+        import wsi_saliency.worker  # noqa: F401
+        from wsi_saliency.models import load_model
+
+        load_model(None)
+    except Exception as exc:  # noqa: BLE001 - any reason the pipeline is not there yet
+        pytest.skip(f"per-slide worker or demo model not available: {exc}")
+
+
+def make_small_slides(root: Path, n: int) -> list[Path]:
+    """``n`` small generated SVS slides (1536 x 1024 px, 0.5 um/px) with planted tumour."""
+    from wsi_saliency import synthetic
+
+    paths = []
+    for k in range(n):
+        x0, y0 = 256.0 + 64 * k, 192.0
+        tissue = ((x0, y0), (x0 + 1024, y0), (x0 + 1024, y0 + 640), (x0, y0 + 640))
+        tumour = (
+            (x0 + 128, y0 + 128),
+            (x0 + 512, y0 + 128),
+            (x0 + 512, y0 + 448),
+            (x0 + 128, y0 + 448),
+        )
+        spec = synthetic.SyntheticSlide(
+            width=1536, height=1024, mpp=0.5, tissue=(tissue,), tumour=(tumour,), seed=11 + k
+        )
+        paths.append(synthetic.write_slide(spec, root / f"slide{k + 1}.svs", kind="svs"))
+    return paths
+
+
+@pytest.mark.slow
+def test_e2e_changing_layer_or_method_reruns_affected_slides_only(tmp_path: Path) -> None:
+    """With the real worker: a config change re-runs exactly the slides it affects."""
+    require_pipeline()
+    from wsi_saliency.config import load_config
+    from wsi_saliency.models import load_model
+
+    model = load_model(None)
+    (tmp_path / "slides").mkdir()
+    a, b = make_small_slides(tmp_path / "slides", 2)
+    out = tmp_path / "out"
+
+    def config(name: str, text: str) -> RunConfig:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text + "inference:\n  device: cpu\n  workers: 0\n")
+        return build_config(load_config(path), {}, source=path)
+
+    grad = config("grad", "model:\n  method: gradient\n  layer: layer3\n")
+    cam = config("cam", "model:\n  method: grad-cam\n  layer: layer3\n")
+    deeper = config("deeper", "model:\n  method: grad-cam\n  layer: layer2\n")
+
+    def ident(name: str) -> tuple[int, int]:
+        st = (out / name / "run.json").stat()
+        return st.st_ino, st.st_mtime_ns
+
+    def statuses(summary: BatchSummary) -> list[str]:
+        return [r.status for r in summary.records]
+
+    run_batch([a], out, grad, model)
+    run_batch([b], out, cam, model)
+    before = {n: ident(n) for n in (a.stem, b.stem)}
+    # the method changed for a only: a redone, b skipped
+    assert statuses(run_batch([a, b], out, cam, model)) == ["done", "skipped"]
+    assert ident(a.stem) != before[a.stem] and ident(b.stem) == before[b.stem]
+    saliency = json.loads((out / a.stem / "run.json").read_text())["saliency"]
+    assert (saliency["method"], saliency["layer"]) == ("grad-cam", "layer3")
+    # the layer changed: both redone
+    assert statuses(run_batch([a, b], out, deeper, model)) == ["done", "done"]
+    saliency = json.loads((out / b.stem / "run.json").read_text())["saliency"]
+    assert saliency["layer"] == "layer2"
+    # the same again: nothing redone
+    again = {n: ident(n) for n in (a.stem, b.stem)}
+    assert statuses(run_batch([a, b], out, deeper, model)) == ["skipped", "skipped"]
+    assert {n: ident(n) for n in (a.stem, b.stem)} == again
+    assert leftovers(out) == []

@@ -38,7 +38,9 @@ SMALL = synthetic.SyntheticSlide(
 
 @pytest.mark.real_data
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_real_slides_open_with_both_backends(cmu_slide: Path, tcga_slide: Path, backend: str) -> None:
+def test_real_slides_open_with_both_backends(
+    cmu_slide: Path, tcga_slide: Path, backend: str
+) -> None:
     with open_slide(cmu_slide, backend=backend) as r:
         assert isinstance(r, SlideReader)
         info = r.info
@@ -129,7 +131,11 @@ def test_mpp_inch_units_and_separate_axes(tmp_path: Path) -> None:
     data = synthetic.render_region(SMALL, 0, 0, 512, 384)
     # 50800 px/inch = 0.5 um/px along x; 25400 px/inch = 1.0 um/px along y
     tifffile.imwrite(
-        path, data, tile=(128, 128), photometric="rgb", resolution=(50800, 25400),
+        path,
+        data,
+        tile=(128, 128),
+        photometric="rgb",
+        resolution=(50800, 25400),
         resolutionunit="INCH",
     )
     for backend in BACKENDS:
@@ -165,7 +171,9 @@ def test_sidecar_rescues_slide_without_mpp(tmp_path: Path) -> None:
         assert r.info.mpp == Mpp(0.25, 0.25, "sidecar")
 
 
-@pytest.mark.parametrize("content", ["not json", "[1, 2]", '{"spacing": 1}', '{"mpp": -1}', '{"mpp": "x"}'])
+@pytest.mark.parametrize(
+    "content", ["not json", "[1, 2]", '{"spacing": 1}', '{"mpp": -1}', '{"mpp": "x"}']
+)
 def test_bad_sidecar_is_config_error(tmp_path: Path, content: str) -> None:
     svs = synthetic.write_slide(SMALL, tmp_path / "b.svs", kind="svs", tile=128)
     (tmp_path / "b.mpp.json").write_text(content)
@@ -181,10 +189,22 @@ def test_bad_override(tmp_path: Path, bad: object) -> None:
 
 
 def test_vendor_mpp_and_resolution_helpers() -> None:
-    assert vendor_mpp({"openslide.vendor": "hamamatsu", "openslide.mpp-x": "0.23", "openslide.mpp-y": "0.24"}, "openslide") == (0.23, 0.24, "openslide")
-    assert vendor_mpp({"openslide.vendor": "aperio", "aperio.MPP": "0.4990"}, "openslide") == (0.499, 0.499, "aperio")
-    assert vendor_mpp({"openslide.vendor": "generic-tiff", "openslide.mpp-x": "0.5"}, "openslide") is None
-    assert vendor_mpp({"tiffslide.vendor": "aperio", "tiffslide.mpp-x": 0.5, "tiffslide.mpp-y": 0.5}, "tiffslide") == (0.5, 0.5, "aperio")
+    assert vendor_mpp(
+        {"openslide.vendor": "hamamatsu", "openslide.mpp-x": "0.23", "openslide.mpp-y": "0.24"},
+        "openslide",
+    ) == (0.23, 0.24, "openslide")
+    assert vendor_mpp({"openslide.vendor": "aperio", "aperio.MPP": "0.4990"}, "openslide") == (
+        0.499,
+        0.499,
+        "aperio",
+    )
+    assert (
+        vendor_mpp({"openslide.vendor": "generic-tiff", "openslide.mpp-x": "0.5"}, "openslide")
+        is None
+    )
+    assert vendor_mpp(
+        {"tiffslide.vendor": "aperio", "tiffslide.mpp-x": 0.5, "tiffslide.mpp-y": 0.5}, "tiffslide"
+    ) == (0.5, 0.5, "aperio")
     assert vendor_mpp({"openslide.vendor": "x", "openslide.mpp-x": "0"}, "openslide") is None
     assert mpp_from_resolution(20000, 20000, 3) == (0.5, 0.5)
     assert mpp_from_resolution(50800, 50800, 2) == (0.5, 0.5)
@@ -205,7 +225,9 @@ def test_16bit_tiff_rejected_by_every_backend(tmp_path: Path) -> None:
 
 def test_single_channel_rejected(tmp_path: Path) -> None:
     path = tmp_path / "grey.tiff"
-    tifffile.imwrite(path, np.zeros((256, 256), np.uint8), tile=(128, 128), photometric="minisblack")
+    tifffile.imwrite(
+        path, np.zeros((256, 256), np.uint8), tile=(128, 128), photometric="minisblack"
+    )
     with pytest.raises(UnsupportedPixelTypeError, match="single-channel"):
         open_slide(path, mpp=0.5)
 
@@ -213,8 +235,12 @@ def test_single_channel_rejected(tmp_path: Path) -> None:
 def test_multiplex_fluorescence_rejected(tmp_path: Path) -> None:
     path = tmp_path / "mplex.ome.tiff"
     tifffile.imwrite(
-        path, np.zeros((5, 256, 256), np.uint8), tile=(128, 128), photometric="minisblack",
-        metadata={"axes": "CYX"}, ome=True,
+        path,
+        np.zeros((5, 256, 256), np.uint8),
+        tile=(128, 128),
+        photometric="minisblack",
+        metadata={"axes": "CYX"},
+        ome=True,
     )
     with pytest.raises(UnsupportedPixelTypeError, match="multi-channel"):
         open_slide(path, mpp=0.5)
@@ -252,7 +278,9 @@ def test_auto_falls_back_to_tiffslide(tmp_path: Path) -> None:
     # a stripped (untiled) TIFF: OpenSlide's generic-tiff driver refuses it
     path = tmp_path / "stripped.tif"
     data = synthetic.render_region(SMALL, 0, 0, 512, 384)
-    tifffile.imwrite(path, data, photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path, data, photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER"
+    )
     with open_slide(path) as r:
         assert r.info.backend == "tiffslide"
         np.testing.assert_array_equal(r.read_region((0, 0), 0, (512, 384)), data)
@@ -303,7 +331,15 @@ def test_read_level_is_exact_on_coordinate_slide(coordinate_tiff: Path, backend:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_best_level_and_downsampled_reads(coordinate_tiff: Path, backend: str) -> None:
     with open_slide(coordinate_tiff, backend=backend) as r:
-        assert [r.best_level_for_downsample(d) for d in (0.5, 1, 1.9, 2, 3.99, 4, 100)] == [0, 0, 0, 1, 1, 2, 2]
+        assert [r.best_level_for_downsample(d) for d in (0.5, 1, 1.9, 2, 3.99, 4, 100)] == [
+            0,
+            0,
+            0,
+            1,
+            1,
+            2,
+            2,
+        ]
         for ds in (4.0, 6.0, 16.0):
             a = r.read_at_downsample(ds).astype(float)
             assert a.shape == (int(np.ceil(1536 / ds)), int(np.ceil(2048 / ds)), 3)

@@ -96,14 +96,25 @@ def test_geojson_roi_with_hole(tmp_path: Path) -> None:
     path = tmp_path / "roi.geojson"
     ring = [[0, 0], [800, 0], [800, 800], [0, 800], [0, 0]]
     hole = [[200, 200], [600, 200], [600, 600], [200, 600], [200, 200]]
-    path.write_text(json.dumps({
-        "type": "FeatureCollection",
-        "features": [
-            {"type": "Feature", "properties": {"objectType": "annotation"},
-             "geometry": {"type": "Polygon", "coordinates": [ring, hole]}},
-            {"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [5, 5]}},
-        ],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {"objectType": "annotation"},
+                        "geometry": {"type": "Polygon", "coordinates": [ring, hole]},
+                    },
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": {"type": "Point", "coordinates": [5, 5]},
+                    },
+                ],
+            }
+        )
+    )
     roi = load_roi(path, (1600, 1000))
     m = roi.rasterize((10, 16), 100.0)  # pixel centres at 50, 150, ...
     expected = np.zeros((10, 16), bool)

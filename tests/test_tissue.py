@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SlideFactory, rect_polygon
 from PIL import Image
 from skimage.transform import resize
 
-from conftest import SlideFactory, rect_polygon
 from wsi_saliency import synthetic
 from wsi_saliency.errors import ConfigError, NoTissueError
 from wsi_saliency.readers import open_slide
@@ -66,7 +66,10 @@ def test_thumbnail_chosen_by_physical_size(slide_factory: SlideFactory) -> None:
     tissue = (rect_polygon(400, 300, 1200, 900),)
     a = synthetic.SyntheticSlide(width=1600, height=1200, mpp=0.5, tissue=tissue, seed=1)
     b = synthetic.SyntheticSlide(
-        width=3200, height=2400, mpp=0.25, seed=1,
+        width=3200,
+        height=2400,
+        mpp=0.25,
+        seed=1,
         tissue=(rect_polygon(800, 600, 2400, 1800),),
     )
     masks = []
@@ -103,7 +106,10 @@ def test_fixed_threshold(rect_svs: Path) -> None:
 def test_small_objects_removed_by_area_in_um2(slide_factory: SlideFactory) -> None:
     # a 60 x 60 um speck (3600 um^2) next to a large piece
     spec = synthetic.SyntheticSlide(
-        width=2048, height=1024, mpp=0.5, seed=2,
+        width=2048,
+        height=1024,
+        mpp=0.5,
+        seed=2,
         tissue=(rect_polygon(100, 100, 900, 900), rect_polygon(1500, 400, 1620, 520)),
     )
     with open_slide(slide_factory(spec, kind="tiff")) as r:
@@ -116,8 +122,16 @@ def test_small_objects_removed_by_area_in_um2(slide_factory: SlideFactory) -> No
 
 def test_holes_filled(slide_factory: SlideFactory) -> None:
     ring = (
-        (100.0, 100.0), (900.0, 100.0), (900.0, 900.0), (100.0, 900.0), (100.0, 100.0),
-        (400.0, 400.0), (400.0, 560.0), (560.0, 560.0), (560.0, 400.0), (400.0, 400.0),
+        (100.0, 100.0),
+        (900.0, 100.0),
+        (900.0, 900.0),
+        (100.0, 900.0),
+        (100.0, 100.0),
+        (400.0, 400.0),
+        (400.0, 560.0),
+        (560.0, 560.0),
+        (560.0, 400.0),
+        (400.0, 400.0),
     )  # a square with a 80 x 80 um hole (one polygon, even-odd)
     spec = synthetic.SyntheticSlide(width=1024, height=1024, mpp=0.5, tissue=(ring,), seed=4)
     truth = synthetic.tissue_mask(spec, 16)
@@ -129,11 +143,23 @@ def test_holes_filled(slide_factory: SlideFactory) -> None:
 
 def test_roi_restricts(rect_svs: Path, tmp_path: Path) -> None:
     roi = tmp_path / "roi.geojson"
-    roi.write_text(json.dumps({
-        "type": "FeatureCollection",
-        "features": [{"type": "Feature", "properties": {}, "geometry": {
-            "type": "Polygon", "coordinates": [[[0, 0], [1024, 0], [1024, 1536], [0, 1536], [0, 0]]]}}],
-    }))
+    roi.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": {
+                            "type": "Polygon",
+                            "coordinates": [[[0, 0], [1024, 0], [1024, 1536], [0, 1536], [0, 0]]],
+                        },
+                    }
+                ],
+            }
+        )
+    )
     with open_slide(rect_svs) as r:
         full = detect_tissue(r)
         part = detect_tissue(r, roi=roi)
@@ -150,7 +176,9 @@ def test_roi_restricts(rect_svs: Path, tmp_path: Path) -> None:
     assert not right.mask[:, :64].any() and right.mask[:, 64:].any()
     # an ROI outside the tissue leaves nothing
     far = tmp_path / "far.geojson"
-    far.write_text(json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [100, 0], [100, 100], [0, 0]]]}))
+    far.write_text(
+        json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [100, 0], [100, 100], [0, 0]]]})
+    )
     with open_slide(rect_svs) as r, pytest.raises(NoTissueError, match="ROI"):
         detect_tissue(r, roi=far)
 

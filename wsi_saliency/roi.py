@@ -277,7 +277,9 @@ def _read_asap(p: Path) -> Annotations:
             try:
                 coords.append((float(c.get("X", "nan")), float(c.get("Y", "nan"))))
             except ValueError:
-                raise ConfigError(f"{p}: annotation {ann.get('Name')!r} has a bad coordinate") from None
+                raise ConfigError(
+                    f"{p}: annotation {ann.get('Name')!r} has a bad coordinate"
+                ) from None
         poly = _polygon(coords, f"{p} annotation {ann.get('Name')!r}")
         if poly is None:
             continue

@@ -249,13 +249,15 @@ def _value_noise(px: FArray, py: FArray, period: float, seed: int, salt: int) ->
     fy = gy - iy
     fx = (fx * fx * (3 - 2 * fx))[None, :].astype(np.float32)
     fy = (fy * fy * (3 - 2 * fy))[:, None].astype(np.float32)
-    x0, y0 = int(ix.min()), int(iy.min())
-    lx, ly = ix - x0, iy - y0
-    cx = np.arange(x0, int(ix.max()) + 2, dtype=np.int64)
-    cy = np.arange(y0, int(iy.max()) + 2, dtype=np.int64)
-    lat = _hash01(cx[None, :], cy[:, None], seed, salt).astype(np.float32)
-    rows = lat[:, lx] * (1 - fx) + lat[:, lx + 1] * fx  # interpolate along x on lattice rows
-    out: FArray = rows[ly] * (1 - fy) + rows[ly + 1] * fy
+    # hash only the lattice points that samples use (at coarse downsamples the lattice
+    # is far denser than the samples)
+    ux, jx = np.unique(np.concatenate([ix, ix + 1]), return_inverse=True)
+    uy, jy = np.unique(np.concatenate([iy, iy + 1]), return_inverse=True)
+    lx0, lx1 = jx[: ix.size], jx[ix.size :]
+    ly0, ly1 = jy[: iy.size], jy[iy.size :]
+    lat = _hash01(ux[None, :], uy[:, None], seed, salt).astype(np.float32)
+    rows = lat[:, lx0] * (1 - fx) + lat[:, lx1] * fx  # interpolate along x on lattice rows
+    out: FArray = rows[ly0] * (1 - fy) + rows[ly1] * fy
     return out
 
 
@@ -276,9 +278,11 @@ def _nuclei(
     """
     ix = np.floor(px / cell_px).astype(np.int64)
     iy = np.floor(py / cell_px).astype(np.int64)
-    x0, y0 = int(ix.min()), int(iy.min())
-    cix = np.arange(x0, int(ix.max()) + 1, dtype=np.int64)[None, :]
-    ciy = np.arange(y0, int(iy.max()) + 1, dtype=np.int64)[:, None]
+    # only the cells that samples fall in (a coarse render skips most cells)
+    ux, lxi = np.unique(ix, return_inverse=True)
+    uy, lyi = np.unique(iy, return_inverse=True)
+    cix = ux[None, :]
+    ciy = uy[:, None]
     present = _hash01(cix, ciy, seed, salts[0]) < density
     r = radius_px[0] + (radius_px[1] - radius_px[0]) * _hash01(cix, ciy, seed, salts[1])
     r = np.minimum(r, cell_px / 2.0)
@@ -289,8 +293,8 @@ def _nuclei(
     inv_rx = 1.0 / rx
     inv_ry = 1.0 / ry
     cx = np.where(present, cx, -1e12)  # absent nucleus: centre far away
-    lx = (ix - x0)[None, :]
-    ly = (iy - y0)[:, None]
+    lx = lxi.reshape(-1)[None, :]
+    ly = lyi.reshape(-1)[:, None]
     dx = (px[None, :] - cx[ly, lx]) * inv_rx[ly, lx]
     dy = (py[:, None] - cy[ly, lx]) * inv_ry[ly, lx]
     d2 = (dx * dx + dy * dy).astype(np.float32)
@@ -674,7 +678,8 @@ def write_slide(
         20|MPP = 0.5``, page 1 a stripped thumbnail, levels as further tiled pages;
         OpenSlide vendor ``aperio``). ``"tiff"``: generic tiled pyramidal TIFF (levels in
         the main IFD chain; OpenSlide vendor ``generic-tiff``) with the spacing in the
-        TIFF resolution tags (unit centimetre) when ``write_mpp``.
+        TIFF resolution tags (unit centimetre) when ``write_mpp``. (OME-TIFF is not
+        written; any other kind raises ``ValueError``.)
     tile
         Tile width = height (multiple of 16).
     compression

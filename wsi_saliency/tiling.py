@@ -16,7 +16,8 @@ Grid geometry (all level-0 pixels, origin at the slide's top-left corner):
   least ``min_tissue``.
 
 Reading: from the coarsest pyramid level whose downsample does not exceed the target
-(``spacing / mpp``), resized with anti-aliasing onto the tile's exact footprint (see
+(``spacing / mpp``, with :data:`LEVEL_TOLERANCE` relative slack for levels such as
+2.0005 of odd-sized slides), resized with anti-aliasing onto the tile's exact footprint (see
 :mod:`wsi_saliency.readers.resample`).
 """
 
@@ -30,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_saliency.errors import ConfigError, MissingMppError, NoTissueError, SlideTooSmallError
-from wsi_saliency.readers.base import SlideReader
+from wsi_saliency.readers.base import LEVEL_TOLERANCE, SlideReader
 from wsi_saliency.readers.resample import resample_margin, resample_window
 from wsi_saliency.types import SlideInfo, TileGrid, TissueMask
 
@@ -47,7 +48,7 @@ __all__ = [
 def _level_for(info: SlideInfo, target_downsample: float) -> int:
     best = 0
     for k, d in enumerate(info.level_downsamples):
-        if d <= target_downsample * (1 + 1e-6):
+        if d <= target_downsample * (1 + LEVEL_TOLERANCE):
             best = k
     return best
 

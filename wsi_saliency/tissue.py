@@ -11,6 +11,7 @@ interest (:mod:`wsi_saliency.roi`) restricts the result.
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Final
@@ -83,7 +84,7 @@ def saturation(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     """
     h = rgb.shape[0]
     out = np.empty(rgb.shape[:2], dtype=np.uint8)
-    step = max(1, (1 << 22) // max(1, rgb.shape[1]))
+    step = max(1, (1 << 20) // max(1, rgb.shape[1]))
     for r0 in range(0, h, step):
         a = rgb[r0 : r0 + step]
         mx = np.maximum(np.maximum(a[..., 0], a[..., 1]), a[..., 2])
@@ -219,7 +220,9 @@ def mask_from_thumbnail(
 _BLOCK: Final[int] = 64
 
 
-def _clean(mask: npt.NDArray[np.bool_], px_um: float, min_object_um2: float) -> npt.NDArray[np.bool_]:
+def _clean(
+    mask: npt.NDArray[np.bool_], px_um: float, min_object_um2: float
+) -> npt.NDArray[np.bool_]:
     """Closing, small-object removal, hole filling, dilation - all sized in microns.
 
     Works only where there is something: candidate pixels are grouped into clusters of
@@ -250,7 +253,27 @@ def _clean(mask: npt.NDArray[np.bool_], px_um: float, min_object_um2: float) -> 
     return out
 
 
-def _clean_dense(mask: npt.NDArray[np.bool_], px_um: float, min_object_um2: float) -> npt.NDArray[np.bool_]:
+def _remove_small(
+    mask: npt.NDArray[np.bool_], max_px: int, *, holes: bool
+) -> npt.NDArray[np.bool_]:
+    """Remove objects (or fill holes) of at most ``max_px`` pixels with scikit-image.
+
+    scikit-image 0.26 renamed ``min_size``/``area_threshold`` (remove ``<``) to
+    ``max_size`` (remove ``<=``); both spellings are supported.
+    """
+    fn = morphology.remove_small_holes if holes else morphology.remove_small_objects
+    if "max_size" in inspect.signature(fn).parameters:
+        out = fn(mask, max_size=max_px)
+    elif holes:
+        out = fn(mask, area_threshold=max_px + 1)
+    else:
+        out = fn(mask, min_size=max_px + 1)
+    return np.asarray(out, dtype=bool)
+
+
+def _clean_dense(
+    mask: npt.NDArray[np.bool_], px_um: float, min_object_um2: float
+) -> npt.NDArray[np.bool_]:
     se = _disk(CLOSING_UM / px_um)
     if se is not None:
         # pad so that closing does not erode tissue touching the border
@@ -259,8 +282,8 @@ def _clean_dense(mask: npt.NDArray[np.bool_], px_um: float, min_object_um2: floa
         mask = ndi.binary_closing(padded, structure=se)[pad:-pad, pad:-pad] | mask
     min_px = int(min_object_um2 / (px_um * px_um))
     if min_px >= 1:
-        mask = morphology.remove_small_objects(mask, max_size=min_px)
-        mask = morphology.remove_small_holes(mask, max_size=min_px)
+        mask = _remove_small(mask, min_px, holes=False)
+        mask = _remove_small(mask, min_px, holes=True)
     se = _disk(DILATION_UM / px_um)
     if se is not None and mask.any():
         mask = ndi.binary_dilation(mask, structure=se)

@@ -27,6 +27,7 @@ _OUTPUT_HELP = (
     ("tiles.geojson", "one detection per tile (QuPath: File > Import objects)"),
     ("regions.geojson", "tumour regions as annotations (QuPath: File > Import objects)"),
     ("tiles.csv", "one row per tile: position, probabilities, saliency statistics"),
+    ("tissue.png", "thumbnail with the detected tissue outlined"),
     ("run.json", "configuration, model, slide facts, timings, versions"),
 )
 

@@ -74,10 +74,6 @@ def tile_slide(
         Any of the slide, spacing, tissue or output errors.
     """
     final = out_dir / slide.stem
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
     with open_slide(slide, backend=backend, mpp=mpp) as reader:
         thumb, ds = thumbnail_at_spacing(reader, tissue_spacing)
         mask = mask_from_thumbnail(
@@ -99,18 +95,26 @@ def tile_slide(
             overlap=overlap,
             min_tissue=min_tissue,
         )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
     tmp = out_dir / f".{slide.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()  # honours the umask, unlike tempfile.mkdtemp
     except OSError as exc:
-        raise OutputError(f"{out_dir}: cannot write into the output folder ({exc.strerror})") from exc
+        raise OutputError(
+            f"{out_dir}: cannot write into the output folder ({exc.strerror})"
+        ) from exc
     try:
         save_tissue_png(thumb, mask, tmp / "tissue.png")
         with open(tmp / "tiles.geojson", "w", encoding="utf-8") as fh:
             json.dump(grid_geojson(grid, object_type=object_type), fh)
         _publish(tmp, final)
     except OSError as exc:
-        raise OutputError(f"{final}: cannot write outputs ({exc}); check the disk and permissions") from exc
+        raise OutputError(
+            f"{final}: cannot write outputs ({exc}); check the disk and permissions"
+        ) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -119,31 +123,88 @@ def tile_slide(
 
 @click.command(name="tiles")
 @click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder; each slide gets OUT/<slide-stem>/.")
-@click.option("--mpp", type=float, default=None,
-              help="Level-0 spacing in um/px for every slide (overrides slide metadata).")
-@click.option("--tile-size", type=click.IntRange(min=1), default=224, show_default=True,
-              help="Tile width = height in pixels at --spacing.")
-@click.option("--spacing", type=click.FloatRange(min=0, min_open=True), default=0.5,
-              show_default=True, help="Tile spacing in um/px.")
-@click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.0,
-              show_default=True, help="Fraction of a tile shared with its neighbour.")
-@click.option("--min-tissue", type=click.FloatRange(0, 1), default=0.25, show_default=True,
-              help="Smallest tissue fraction of a kept tile.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="Slide reader: OpenSlide with tiffslide fallback, or one of them.")
-@click.option("--roi", type=str, default=None,
-              help="Region of interest restricting tiling: mask image (any scale) or GeoJSON "
-                   "(level-0 px); {stem}/{name} are replaced per slide.")
-@click.option("--tissue-method", type=click.Choice(["otsu", "fixed"]), default="otsu",
-              show_default=True, help="Tissue detection method.")
-@click.option("--tissue-threshold", type=click.FloatRange(0, 1), default=None,
-              help="Saturation threshold (0..1) for --tissue-method fixed.")
-@click.option("--tissue-spacing", type=click.FloatRange(min=0, min_open=True), default=8.0,
-              show_default=True, help="Thumbnail spacing (um/px) for tissue detection.")
-@click.option("--object-type", type=click.Choice(["tile", "detection"]), default="tile",
-              show_default=True, help="QuPath objectType of the tile features.")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder; each slide gets OUT/<slide-stem>/.",
+)
+@click.option(
+    "--mpp",
+    type=float,
+    default=None,
+    help="Level-0 spacing in um/px for every slide (overrides slide metadata).",
+)
+@click.option(
+    "--tile-size",
+    type=click.IntRange(min=1),
+    default=224,
+    show_default=True,
+    help="Tile width = height in pixels at --spacing.",
+)
+@click.option(
+    "--spacing",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Tile spacing in um/px.",
+)
+@click.option(
+    "--overlap",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Fraction of a tile shared with its neighbour.",
+)
+@click.option(
+    "--min-tissue",
+    type=click.FloatRange(0, 1),
+    default=0.25,
+    show_default=True,
+    help="Smallest tissue fraction of a kept tile.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="Slide reader: OpenSlide with tiffslide fallback, or one of them.",
+)
+@click.option(
+    "--roi",
+    type=str,
+    default=None,
+    help="Region of interest restricting tiling: mask image (any scale) or GeoJSON "
+    "(level-0 px); {stem}/{name} are replaced per slide.",
+)
+@click.option(
+    "--tissue-method",
+    type=click.Choice(["otsu", "fixed"]),
+    default="otsu",
+    show_default=True,
+    help="Tissue detection method.",
+)
+@click.option(
+    "--tissue-threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Saturation threshold (0..1) for --tissue-method fixed.",
+)
+@click.option(
+    "--tissue-spacing",
+    type=click.FloatRange(min=0, min_open=True),
+    default=8.0,
+    show_default=True,
+    help="Thumbnail spacing (um/px) for tissue detection.",
+)
+@click.option(
+    "--object-type",
+    type=click.Choice(["tile", "detection"]),
+    default="tile",
+    show_default=True,
+    help="QuPath objectType of the tile features.",
+)
 def tiles(
     slides: tuple[Path, ...],
     out: Path,

@@ -52,7 +52,9 @@ def _build(
     try:
         resolution = None
         if tiff is not None:
-            resolution = mpp_from_resolution(tiff.x_resolution, tiff.y_resolution, tiff.resolution_unit)
+            resolution = mpp_from_resolution(
+                tiff.x_resolution, tiff.y_resolution, tiff.resolution_unit
+            )
         spacing = resolve_mpp(
             path,
             override=mpp,
@@ -131,7 +133,9 @@ def open_slide(
         with open(p, "rb") as fh:
             head = fh.read(16)
     except OSError as exc:
-        raise SlideOpenError(f"{p}: cannot be read ({exc.strerror}); check its permissions") from exc
+        raise SlideOpenError(
+            f"{p}: cannot be read ({exc.strerror}); check its permissions"
+        ) from exc
     if not head:
         raise SlideOpenError(f"{p}: the file is empty; copy or download the slide again")
     tiff = check_tiff(p) if is_tiff(p) else None
@@ -171,4 +175,3 @@ def _smoke_test(reader: BaseSlideReader) -> None:
     level = reader.info.level_count - 1
     w, h = reader.info.level_dimensions[level]
     reader.read_level(level, 0, 0, min(w, 16), min(h, 16))
-

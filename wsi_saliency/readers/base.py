@@ -27,6 +27,9 @@ from wsi_saliency.types import SlideInfo
 
 __all__ = ["BaseSlideReader", "SlideReader", "composite_on_white"]
 
+#: Relative slack when comparing level downsamples with a wanted downsample.
+LEVEL_TOLERANCE: Final[float] = 0.002
+
 #: Largest strip (bytes of level pixels) read at once by :meth:`read_at_downsample`.
 _STRIP_BYTES: Final[int] = 16 * 1024 * 1024
 
@@ -132,7 +135,9 @@ class BaseSlideReader(ABC):
         if self._closed:
             raise SlideOpenError(f"{self._info.path}: the slide reader is closed; open it again")
 
-    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> npt.NDArray[np.uint8]:
+    def read_level(
+        self, level: int, x: int, y: int, width: int, height: int
+    ) -> npt.NDArray[np.uint8]:
         """Pixels ``[x, x + width) x [y, y + height)`` of ``level`` in level coordinates.
 
         Returns
@@ -178,10 +183,14 @@ class BaseSlideReader(ABC):
         return self.read_level(level, lx, ly, size[0], size[1])
 
     def best_level_for_downsample(self, downsample: float) -> int:
-        """The coarsest level with downsample <= ``downsample`` (level 0 at least)."""
+        """The coarsest level with downsample <= ``downsample`` (level 0 at least).
+
+        A relative slack of :data:`LEVEL_TOLERANCE` accepts levels such as 2.0005 of
+        odd-sized slides for a downsample of 2.
+        """
         best = 0
         for k, d in enumerate(self._info.level_downsamples):
-            if d <= downsample * (1 + 1e-6):
+            if d <= downsample * (1 + LEVEL_TOLERANCE):
                 best = k
         return best
 

@@ -50,7 +50,9 @@ def _plausible(v: float) -> bool:
     return math.isfinite(v) and PLAUSIBLE_MPP[0] <= v <= PLAUSIBLE_MPP[1]
 
 
-def parse_mpp_value(value: float | tuple[float, float] | list[float], what: str) -> tuple[float, float]:
+def parse_mpp_value(
+    value: float | tuple[float, float] | list[float], what: str
+) -> tuple[float, float]:
     """Validate a user-given spacing: a positive number or an ``(x, y)`` pair.
 
     Raises
@@ -200,7 +202,7 @@ def require_mpp(slide: Path, mpp: Mpp | None, sidecar: str | None = "{stem}.mpp.
         return mpp
     hint = ""
     if sidecar:
-        hint = f" or write {sidecar_path(slide, sidecar).name} with {{\"mpp\": 0.25}} beside it"
+        hint = f' or write {sidecar_path(slide, sidecar).name} with {{"mpp": 0.25}} beside it'
     raise MissingMppError(
         f"{slide}: no pixel spacing (MPP) in the slide metadata; "
         f"give it with --mpp (um/px, e.g. --mpp 0.25){hint}"

@@ -18,11 +18,13 @@ import math
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
+from scipy import sparse
 
 __all__ = ["resample_margin", "resample_window"]
 
 _EPS = 1e-6
+#: Smaller anti-aliasing sigmas (near-1 resize factors) are skipped: their kernel is a delta.
+_MIN_SIGMA = 0.1
 
 
 def resample_margin(f: float) -> int:
@@ -33,6 +35,34 @@ def resample_margin(f: float) -> int:
 
 def _is_int(v: float) -> bool:
     return abs(v - round(v)) < _EPS
+
+
+def _axis_matrix(n_out: int, n_in: int, offset: float, f: float) -> sparse.csr_matrix:
+    """Sparse ``(n_out, n_in)`` operator: Gaussian anti-aliasing then linear sampling.
+
+    Output pixel ``o`` samples input index ``offset + (o + 0.5) * f - 0.5`` (pixel
+    centres at integers); the Gaussian has ``sigma = (f - 1) / 2`` and is truncated at
+    4 sigma, like ``scipy.ndimage.gaussian_filter``; indices beyond the window are
+    clamped to its edge (``mode="nearest"``).
+    """
+    pos = offset + (np.arange(n_out, dtype=np.float64) + 0.5) * f - 0.5
+    i0 = np.floor(pos).astype(np.int64)
+    w1 = pos - i0
+    rows = np.repeat(np.arange(n_out), 2)
+    cols = np.clip(np.stack([i0, i0 + 1], axis=1).reshape(-1), 0, n_in - 1)
+    vals = np.stack([1.0 - w1, w1], axis=1).reshape(-1)
+    b = sparse.csr_matrix((vals, (rows, cols)), shape=(n_out, n_in))
+    sigma = max(0.0, (f - 1.0) / 2.0)
+    if sigma < _MIN_SIGMA:
+        return b.astype(np.float32)
+    radius = int(4.0 * sigma + 0.5)
+    k = np.arange(-radius, radius + 1, dtype=np.float64)
+    kern = np.exp(-0.5 * (k / sigma) ** 2)
+    kern /= kern.sum()
+    gi = np.repeat(np.arange(n_in), k.size)
+    gj = np.clip((np.arange(n_in)[:, None] + k[None, :].astype(np.int64)).reshape(-1), 0, n_in - 1)
+    g = sparse.csr_matrix((np.tile(kern, n_in), (gi, gj)), shape=(n_in, n_in))
+    return (b @ g).astype(np.float32)
 
 
 def resample_window(
@@ -75,17 +105,11 @@ def resample_window(
                 return np.ascontiguousarray(win)
             m = win.reshape(rows, k, cols, k, src.shape[2]).mean(axis=(1, 3), dtype=np.float64)
             return np.clip(np.rint(m), 0, 255).astype(np.uint8)
-    img = src.astype(np.float32)
-    sx, sy = max(0.0, (fx - 1.0) / 2.0), max(0.0, (fy - 1.0) / 2.0)
-    if sx > 0 or sy > 0:
-        img = ndimage.gaussian_filter(img, sigma=(sy, sx, 0), mode="nearest", truncate=4.0)
-    # input index (pixel centres at integers) of output pixel centre: origin + (o + .5) f - .5
-    out = ndimage.affine_transform(
-        img,
-        matrix=np.array([fy, fx, 1.0]),
-        offset=np.array([oy + 0.5 * fy - 0.5, ox + 0.5 * fx - 0.5, 0.0]),
-        output_shape=(rows, cols, src.shape[2]),
-        order=1,
-        mode="nearest",
-    )
+    ay = _axis_matrix(rows, src.shape[0], oy, fy)
+    ax = _axis_matrix(cols, src.shape[1], ox, fx)
+    h, w, ch = src.shape
+    img = src.astype(np.float32).reshape(h, w * ch)
+    ty = np.asarray(ay @ img).reshape(rows, w, ch)  # resample along y
+    tx = ty.transpose(1, 0, 2).reshape(w, rows * ch)
+    out = np.asarray(ax @ tx).reshape(cols, rows, ch).transpose(1, 0, 2)  # along x
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
