@@ -18,6 +18,11 @@ Usage::
 
 from __future__ import annotations
 
+import os
+
+# as the CLI does: passive OpenMP waiting so reader threads and PyTorch share the cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import tempfile
@@ -28,13 +33,13 @@ import numpy as np
 import torch
 
 from wsi_saliency import synthetic
-from wsi_saliency.config import InferenceConfig, RunConfig
+from wsi_saliency.config import InferenceConfig, RunConfig, resolve_model_defaults
 from wsi_saliency.models import LoadedModel, demo_model_dir, load_model
 from wsi_saliency.readers import open_slide
 from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.tiling import make_grid, read_tiles
 from wsi_saliency.tissue import detect_tissue
-from wsi_saliency.worker import effective_config, run_slide
+from wsi_saliency.worker import run_slide
 
 
 def resnet18_dir(root: Path) -> Path:
@@ -74,7 +79,7 @@ def resnet18_dir(root: Path) -> Path:
 
 def model_alone(model: LoadedModel, cfg: RunConfig, slide: Path) -> tuple[float, int]:
     """Patches/s of engine.run on preloaded tiles (same grid as the slide job)."""
-    cfg = effective_config(cfg, model)
+    cfg = resolve_model_defaults(cfg, model.spec)
     assert cfg.tiling.tile_size is not None and cfg.tiling.spacing is not None
     with open_slide(slide) as reader:
         mask = detect_tissue(reader, spacing=cfg.tissue.spacing)

@@ -27,12 +27,17 @@ from wsi_saliency.batch import (
     completed_run,
     discover_slides,
     prepare_output_dir,
-    resolve_model_defaults,
     run_batch,
     run_matches,
     slide_stem,
 )
-from wsi_saliency.config import RunConfig, build_config, config_hash, config_to_dict
+from wsi_saliency.config import (
+    RunConfig,
+    build_config,
+    config_hash,
+    config_to_dict,
+    resolve_model_defaults,
+)
 from wsi_saliency.errors import InputError, OutputError, SlideOpenError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,12 +305,12 @@ def test_run_batch_refuses_unwritable_output_before_calling_the_worker(tmp_path:
 
 
 def test_resolve_model_defaults() -> None:
-    cfg = resolve_model_defaults(RunConfig(), FakeModel())
+    cfg = resolve_model_defaults(RunConfig(), FakeModel().spec)
     assert (cfg.tiling.tile_size, cfg.tiling.spacing, cfg.model.layer) == (32, 1.0, "layer2")
     explicit = build_config(
         {}, {"tiling.tile_size": 64, "tiling.spacing": 0.5, "model.layer": "l1"}
     )
-    cfg = resolve_model_defaults(explicit, FakeModel())
+    cfg = resolve_model_defaults(explicit, FakeModel().spec)
     assert (cfg.tiling.tile_size, cfg.tiling.spacing, cfg.model.layer) == (64, 0.5, "l1")
 
 
@@ -323,7 +328,7 @@ def test_all_done_summary_and_layout(tmp_path: Path) -> None:
     assert data["status"] == "complete" and data["exit_code"] == 0
     assert data["counts"] == {"done": 3, "skipped": 0, "failed": 0}
     assert data["config_hash"] == config_hash(
-        resolve_model_defaults(RunConfig(), FakeModel()),
+        resolve_model_defaults(RunConfig(), FakeModel().spec),
         "a" * 64,
     )
     assert data["model"] == {"name": "fake", "weights_sha256": "a" * 64}

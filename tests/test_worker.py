@@ -21,16 +21,22 @@ import zarr
 from safetensors.torch import save_file
 
 from wsi_saliency import synthetic
-from wsi_saliency.config import InferenceConfig, ModelConfig, RunConfig, TilingConfig
+from wsi_saliency.config import (
+    InferenceConfig,
+    ModelConfig,
+    RunConfig,
+    TilingConfig,
+    resolve_model_defaults,
+)
 from wsi_saliency.errors import MissingMppError, NoTissueError, SlideOpenError
 from wsi_saliency.models import load_model
-from wsi_saliency.worker import effective_config, run_slide
+from wsi_saliency.worker import run_slide
 
 K = 50.0
 C = 0.03
 TILE = 64  # px at 0.5 um/px; 4 stride-2 convolutions give a 4 x 4 map (16 px cells)
 
-MODEL_PY = f'''
+MODEL_PY = '''
 import torch
 from torch import nn
 
@@ -191,8 +197,8 @@ def test_every_output_and_run_json(planted_run: Path, colour_model_dir: Path) ->
     assert not any(n.startswith(".scratch") for n in names)
     run = json.loads((planted_run / "run.json").read_text())
     model = load_model(colour_model_dir)
-    cfg = effective_config(
-        RunConfig(inference=InferenceConfig(device="cpu", batch_size=16, workers=2)), model
+    cfg = resolve_model_defaults(
+        RunConfig(inference=InferenceConfig(device="cpu", batch_size=16, workers=2)), model.spec
     )
     from wsi_saliency.config import config_hash
 

@@ -15,7 +15,7 @@ import tifffile
 import zarr
 from shapely.geometry import shape
 
-from wsi_saliency.config import OutputConfig, RunConfig, TilingConfig
+from wsi_saliency.config import OutputConfig, RunConfig, TilingConfig, config_hash
 from wsi_saliency.errors import ConfigError, OutputError
 from wsi_saliency.stitch import StitchedHeatmaps, Stitcher
 from wsi_saliency.types import BatchResult, Mpp, TileGrid
@@ -23,7 +23,6 @@ from wsi_saliency.writers import (
     SaliencyScaling,
     collect_hardware,
     collect_versions,
-    config_hash,
     write_heatmap_outputs,
     write_heatmap_tiffs,
     write_ome_zarr,

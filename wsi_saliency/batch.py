@@ -36,7 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from wsi_saliency.config import RunConfig, config_from_dict, config_hash, config_to_dict
+from wsi_saliency.config import (
+    RunConfig,
+    config_from_dict,
+    config_hash,
+    config_to_dict,
+    resolve_model_defaults,
+)
 from wsi_saliency.errors import InputError, OutputError
 
 if TYPE_CHECKING:
@@ -58,7 +64,6 @@ __all__ = [
     "completed_run",
     "discover_slides",
     "prepare_output_dir",
-    "resolve_model_defaults",
     "run_batch",
     "run_matches",
     "slide_stem",
@@ -601,40 +606,6 @@ def _one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def resolve_model_defaults(config: RunConfig, model: LoadedModel) -> RunConfig:
-    """Fill the values a configuration leaves to the model.
-
-    ``tiling.tile_size``, ``tiling.spacing`` and ``model.layer`` left ``None`` take the
-    model's ``patch_size``, ``spacing`` and ``saliency_layer``, so the configuration
-    hash reflects what is actually run.
-
-    Parameters
-    ----------
-    config
-        Run configuration.
-    model
-        The loaded model.
-
-    Returns
-    -------
-    RunConfig
-    """
-    spec = model.spec
-    tiling = dataclasses.replace(
-        config.tiling,
-        tile_size=config.tiling.tile_size
-        if config.tiling.tile_size is not None
-        else int(spec.patch_size),
-        spacing=config.tiling.spacing if config.tiling.spacing is not None else float(spec.spacing),
-    )
-    layer = config.model.layer
-    if layer is None and getattr(spec, "saliency_layer", None):
-        layer = str(spec.saliency_layer)
-    return dataclasses.replace(
-        config, tiling=tiling, model=dataclasses.replace(config.model, layer=layer)
-    )
-
-
 def _default_run_slide() -> RunSlideFn:
     from wsi_saliency.worker import run_slide
 
@@ -727,7 +698,7 @@ def run_batch(
         ``out_dir/<name>`` (names from :func:`assign_output_names`).
     config
         Run configuration; values left to the model are filled first
-        (:func:`resolve_model_defaults`).
+        (:func:`~wsi_saliency.config.resolve_model_defaults`).
     model
         The model, loaded once for the whole batch.
     run_slide
@@ -758,7 +729,7 @@ def run_batch(
     out = prepare_output_dir(out_dir)
     clean_stale_temp(out)
     fn = run_slide if run_slide is not None else _default_run_slide()
-    cfg = resolve_model_defaults(config, model)
+    cfg = resolve_model_defaults(config, model.spec)
     weights = str(model.spec.weights_sha256)
     expected = config_hash(cfg, weights)
     paths = [Path(os.path.abspath(s)) for s in slides]

@@ -17,13 +17,15 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from wsi_saliency.errors import ConfigError
 
 __all__ = [
+    "ModelDefaults",
+    "resolve_model_defaults",
     "BACKENDS",
     "BLENDS",
     "HASH_EXCLUDED_KEYS",
@@ -615,3 +617,53 @@ def config_hash(config: RunConfig, weights_sha256: str) -> str:
     payload = {"config": data, "weights_sha256": weights_sha256}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class ModelDefaults(Protocol):
+    """What a model's config.json contributes to a run (``ModelSpec`` satisfies it)."""
+
+    @property
+    def patch_size(self) -> int: ...
+
+    @property
+    def spacing(self) -> float: ...
+
+    @property
+    def saliency_layer(self) -> str | None: ...
+
+
+def resolve_model_defaults(config: RunConfig, spec: ModelDefaults) -> RunConfig:
+    """Fill the values a configuration leaves to the model. Idempotent.
+
+    ``tiling.tile_size``, ``tiling.spacing`` and ``model.layer`` left ``None`` take the
+    model's ``patch_size``, ``spacing`` and ``saliency_layer``, so the configuration hash
+    in ``run.json`` records what is actually run.
+
+    Parameters
+    ----------
+    config
+        Run configuration.
+    spec
+        The model's spec (:class:`wsi_saliency.models.ModelSpec`).
+
+    Returns
+    -------
+    RunConfig
+
+    Raises
+    ------
+    ConfigError
+        A non-positive tile size or spacing.
+    """
+    tile = config.tiling.tile_size if config.tiling.tile_size is not None else spec.patch_size
+    spacing = config.tiling.spacing if config.tiling.spacing is not None else spec.spacing
+    if tile <= 0 or spacing <= 0:
+        raise ConfigError(f"tile size ({tile}) and spacing ({spacing}) must be positive")
+    layer = config.model.layer
+    if layer is None and spec.saliency_layer:
+        layer = str(spec.saliency_layer)
+    return dataclasses.replace(
+        config,
+        tiling=dataclasses.replace(config.tiling, tile_size=int(tile), spacing=float(spacing)),
+        model=dataclasses.replace(config.model, layer=layer),
+    )

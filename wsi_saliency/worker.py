@@ -11,7 +11,6 @@ compute. On CUDA the batches are copied through pinned memory.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import time
@@ -26,7 +25,7 @@ import numpy.typing as npt
 import torch
 
 from wsi_saliency import __version__
-from wsi_saliency.config import RunConfig, config_hash
+from wsi_saliency.config import RunConfig, config_hash, resolve_model_defaults
 from wsi_saliency.errors import ConfigError
 from wsi_saliency.models import LoadedModel
 from wsi_saliency.readers import SlideReader, open_slide
@@ -44,7 +43,7 @@ from wsi_saliency.writers import (
 )
 from wsi_saliency.writers.run_meta import to_jsonable
 
-__all__ = ["SlideResult", "effective_config", "run_slide"]
+__all__ = ["SlideResult", "run_slide"]
 
 log = logging.getLogger(__name__)
 
@@ -100,31 +99,6 @@ class _Stopwatch:
         out = {k: round(v, 4) for k, v in self.timings.items()}
         out["total"] = round(time.perf_counter() - self._t0, 4)
         return out
-
-
-def effective_config(config: RunConfig, model: LoadedModel) -> RunConfig:
-    """Fill the values a configuration leaves to the model.
-
-    ``tiling.tile_size``, ``tiling.spacing`` and ``model.layer`` left ``None`` take the
-    model's ``patch_size``, ``spacing`` and ``saliency_layer``, so the configuration
-    hash in ``run.json`` records what was actually run. Idempotent.
-
-    Raises
-    ------
-    ConfigError
-        Non-positive tile size or spacing.
-    """
-    spec = model.spec
-    tile = config.tiling.tile_size if config.tiling.tile_size is not None else spec.patch_size
-    spacing = config.tiling.spacing if config.tiling.spacing is not None else spec.spacing
-    if tile <= 0 or spacing <= 0:
-        raise ConfigError(f"tile size ({tile}) and spacing ({spacing}) must be positive")
-    layer = config.model.layer if config.model.layer is not None else spec.saliency_layer
-    return dataclasses.replace(
-        config,
-        tiling=dataclasses.replace(config.tiling, tile_size=int(tile), spacing=float(spacing)),
-        model=dataclasses.replace(config.model, layer=layer),
-    )
 
 
 def _resolve_pattern(pattern: str | None, slide: Path) -> Path | None:
@@ -240,7 +214,7 @@ def run_slide(
     slide_path = Path(path)
     out_dir = Path(out_dir)
     watch = _Stopwatch()
-    config = effective_config(config, model)
+    config = resolve_model_defaults(config, model.spec)
     tile_size = config.tiling.tile_size
     spacing = config.tiling.spacing
     assert tile_size is not None and spacing is not None

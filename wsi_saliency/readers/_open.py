@@ -128,7 +128,9 @@ def open_slide(
         raise SlideOpenError(f"{p}: no such file; check the slide path")
     if p.is_dir():
         raise SlideOpenError(f"{p}: is a folder, not a slide file; give the slide file itself")
-    p = p.resolve()
+    # absolute, not resolved: a per-slide sidecar sits beside the path the user gave,
+    # which may be a symlink into a read-only archive
+    p = p.absolute()
     try:
         with open(p, "rb") as fh:
             head = fh.read(16)

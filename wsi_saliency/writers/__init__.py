@@ -45,7 +45,6 @@ from wsi_saliency.writers.run_meta import FILENAME as RUN_JSON_FILENAME
 from wsi_saliency.writers.run_meta import (
     collect_hardware,
     collect_versions,
-    config_hash,
     write_run_json,
 )
 from wsi_saliency.writers.table import FILENAME as CSV_FILENAME
@@ -63,7 +62,6 @@ __all__ = [
     "SaliencyScaling",
     "collect_hardware",
     "collect_versions",
-    "config_hash",
     "write_heatmap_outputs",
     "write_heatmap_tiffs",
     "write_ome_tiff",

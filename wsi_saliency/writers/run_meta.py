@@ -3,13 +3,12 @@
 The caller (the per-slide worker) assembles the payload; this module turns it into
 deterministic JSON (sorted keys, 2-space indent, non-finite floats as ``null``) and
 provides the pieces every run records: :func:`collect_versions`,
-:func:`collect_hardware` and :func:`config_hash`.
+:func:`collect_hardware` (the configuration hash is :func:`wsi_saliency.config.config_hash`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -22,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from wsi_saliency.config import RunConfig
 from wsi_saliency.errors import OutputError
 
 __all__ = [
@@ -30,7 +28,6 @@ __all__ = [
     "canonical_json",
     "collect_hardware",
     "collect_versions",
-    "config_hash",
     "to_jsonable",
     "write_run_json",
 ]
@@ -84,20 +81,10 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def canonical_json(obj: Any) -> str:
-    """Compact JSON with sorted keys (the form that :func:`config_hash` hashes)."""
+    """Compact JSON with sorted keys (deterministic ``run.json`` content)."""
     return json.dumps(
         to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
     )
-
-
-def config_hash(config: RunConfig, weights_sha256: str) -> str:
-    """SHA-256 (hex) of the canonical JSON of ``config`` together with the weights hash.
-
-    Two runs with the same hash used the same effective configuration and weights, so
-    their outputs are interchangeable (resume can skip a slide done with the same hash).
-    """
-    payload = {"config": config, "weights_sha256": str(weights_sha256)}
-    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 
 
 def _dist_version(name: str) -> str | None:
