@@ -41,7 +41,7 @@ def demo_config() -> dict[str, Any]:
         A YAML-style nested mapping for :func:`wsi_saliency.config.build_config`.
     """
     return {
-        "model": {"path": None, "method": "gradient", "smoothing": "backward-hook"},
+        "model": {"path": None, "method": "gradient-x-activation", "smoothing": "backward-hook"},
         "tiling": {"overlap": 0.0, "min_tissue": 0.25},
         "tissue": {"method": "otsu", "spacing": 8.0},
         "inference": {"device": "auto", "batch_size": 32, "workers": 2},
