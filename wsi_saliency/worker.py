@@ -110,10 +110,14 @@ def _resolve_pattern(pattern: str | None, slide: Path) -> Path | None:
 
 
 def _overlay_spacing(info: SlideInfo) -> float:
+    """Spacing of the thumbnail under ``overlay.png``: about ``OVERLAY_MAX_PX`` on the long
+    side, snapped to the first pyramid level at least that coarse so that it is read
+    straight from that level without resampling."""
     assert info.mpp is not None
-    w_um = info.dimensions[0] * info.mpp.x
-    h_um = info.dimensions[1] * info.mpp.y
-    return max(info.mpp.x, max(w_um, h_um) / OVERLAY_MAX_PX)
+    target = max(1.0, max(info.dimensions) / OVERLAY_MAX_PX)
+    coarser = [d for d in info.level_downsamples if d >= target * 0.999]
+    ds = min(coarser) if coarser else target
+    return ds * info.mpp.x
 
 
 def _open(path: Path, config: RunConfig, backend: str | None = None) -> SlideReader:
