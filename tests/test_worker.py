@@ -1,10 +1,8 @@
 """End-to-end per-slide job: alignment of the written heatmaps with planted tumour.
 
-The slide is generated with :mod:`wsi_saliency.synthetic` (planted tumour polygons);
-the model is a tiny hand-built network whose tumour logit is a known function of colour:
-``logit_tumour = K * (mean(B - R) - C)`` over the tile (pixels scaled to 0..1), and
-``logit_normal = 0``. Synthetic tumour is bluer than normal tissue (B - R about +0.1
-against -0.12), so the model separates them with no training.
+The slide is generated with :mod:`wsi_saliency.synthetic` (planted tumour polygons); the
+model is the colour model of ``tests/_colour_model.py`` (tumour logit a known function
+of colour).
 """
 
 from __future__ import annotations
@@ -16,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
-from safetensors.torch import save_file
+from _colour_model import write_colour_model
 
 from wsi_saliency import synthetic
 from wsi_saliency.config import (
@@ -32,71 +29,12 @@ from wsi_saliency.errors import MissingMppError, NoTissueError, SlideOpenError
 from wsi_saliency.models import load_model
 from wsi_saliency.worker import run_slide
 
-K = 50.0
-C = 0.03
 TILE = 64  # px at 0.5 um/px; 4 stride-2 convolutions give a 4 x 4 map (16 px cells)
-
-MODEL_PY = '''
-import torch
-from torch import nn
-
-
-class ColourNet(nn.Module):
-    """logit_tumour = K * (mean(B - R) - C); four 2x2 stride-2 box convolutions."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 1, 1, bias=False)
-        self.down1 = nn.Conv2d(1, 1, 2, stride=2, bias=False)
-        self.down2 = nn.Conv2d(1, 1, 2, stride=2, bias=False)
-        self.down3 = nn.Conv2d(1, 1, 2, stride=2, bias=False)
-        self.down4 = nn.Conv2d(1, 1, 2, stride=2, bias=False)
-        self.head = nn.Linear(1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.down4(self.down3(self.down2(self.down1(self.stem(x)))))
-        return self.head(y.mean(dim=(2, 3)))
-
-
-def build() -> nn.Module:
-    return ColourNet()
-'''
-
-
-def colour_state() -> dict[str, torch.Tensor]:
-    box = torch.full((1, 1, 2, 2), 0.25)
-    return {
-        "stem.weight": torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1),
-        "down1.weight": box.clone(),
-        "down2.weight": box.clone(),
-        "down3.weight": box.clone(),
-        "down4.weight": box.clone(),
-        "head.weight": torch.tensor([[0.0], [K]]),
-        "head.bias": torch.tensor([0.0, -K * C]),
-    }
 
 
 @pytest.fixture(scope="module")
 def colour_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("colour_model")
-    (d / "colour_model.py").write_text(MODEL_PY)
-    save_file(colour_state(), str(d / "model.safetensors"))
-    config = {
-        "spec_version": "1.0",
-        "architecture": "colour_model.py:build",
-        "num_classes": 2,
-        "class_names": ["normal", "tumor"],
-        "patch_size_pixels": TILE,
-        "spacing_um_px": 0.5,
-        "transform": [
-            {"name": "ToTensor"},
-            {"name": "Normalize", "arguments": {"mean": [0, 0, 0], "std": [1, 1, 1]}},
-        ],
-        "tumor_class": 1,
-        "saliency_layer": "down4",
-    }
-    (d / "config.json").write_text(json.dumps(config))
-    return d
+    return write_colour_model(tmp_path_factory.mktemp("colour_model"), TILE)
 
 
 PLANTED = synthetic.SyntheticSlide(
