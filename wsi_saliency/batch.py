@@ -14,6 +14,13 @@ another is injected) over a list of slides with one loaded model:
   model error) is recorded with a one-line reason and the batch goes on.
 * ``OUT/batch-summary.json`` is rewritten atomically after every slide, so it is
   valid JSON whenever the process dies.
+
+The local loop (:func:`run_batch`) and the Dask runner
+(:func:`wsi_saliency.cluster.run_batch_on_cluster`) share everything but the loop:
+:func:`start_batch` (output folder, names, first summary), :func:`skip_if_complete`
+(resume), :func:`execute_slide` (temporary folder, per-slide function, commit; this is
+what runs on a Dask worker), :func:`record_outcome` and :func:`finish_batch` /
+:func:`interrupt_batch` (summary).
 """
 
 from __future__ import annotations
@@ -57,16 +64,26 @@ __all__ = [
     "SLIDE_EXTENSIONS",
     "SUMMARY_NAME",
     "BatchReporter",
+    "BatchState",
     "BatchSummary",
+    "SlideJob",
+    "SlideOutcome",
     "SlideRecord",
     "assign_output_names",
     "clean_stale_temp",
     "completed_run",
     "discover_slides",
+    "execute_slide",
+    "failed_outcome",
+    "finish_batch",
+    "interrupt_batch",
     "prepare_output_dir",
+    "record_outcome",
     "run_batch",
     "run_matches",
+    "skip_if_complete",
     "slide_stem",
+    "start_batch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -676,6 +693,386 @@ def _skip_reason(
     return run_matches(run, expected_hash, weights), run
 
 
+# --------------------------------------------------------------------------------------
+# One slide: shared by the local loop and the Dask runner (wsi_saliency.cluster)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """One slide of a batch as handed to :func:`execute_slide` (picklable).
+
+    Parameters
+    ----------
+    path
+        Absolute slide path.
+    name
+        Output-folder name (:func:`assign_output_names`).
+    out_dir
+        Batch output folder; the slide's outputs end up in ``out_dir / name``.
+    """
+
+    path: Path
+    name: str
+    out_dir: Path
+
+    @property
+    def final(self) -> Path:
+        """The slide's finished output folder."""
+        return self.out_dir / self.name
+
+
+@dataclass(frozen=True)
+class SlideOutcome:
+    """What :func:`execute_slide` did with one slide (picklable; sent back by Dask workers).
+
+    Parameters
+    ----------
+    status
+        ``"done"`` or ``"failed"``.
+    error
+        One-line reason when failed.
+    n_tiles
+        Tiles processed, when known.
+    timings
+        Seconds: ``total`` plus the per-stage timings of the per-slide function.
+    recorded
+        Whether the committed ``run.json`` records the batch's configuration and model
+        weights (a re-run skips the slide only then).
+    """
+
+    status: str
+    error: str | None = None
+    n_tiles: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    recorded: bool = True
+
+
+def failed_outcome(exc: BaseException, seconds: float) -> SlideOutcome:
+    """The outcome of a slide that raised ``exc`` after ``seconds``.
+
+    Parameters
+    ----------
+    exc
+        What the slide raised.
+    seconds
+        Time spent on it.
+
+    Returns
+    -------
+    SlideOutcome
+        Status ``failed`` with a one-line reason (type name and message).
+    """
+    return SlideOutcome(status="failed", error=_one_line(exc), timings={"total": round(seconds, 3)})
+
+
+def execute_slide(
+    job: SlideJob,
+    run_slide: RunSlideFn,
+    model: Any,
+    config: RunConfig,
+    expected_hash: str,
+    weights_sha256: str,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> SlideOutcome:
+    """Run the per-slide function on one slide in a temporary folder, then commit it.
+
+    The outputs are written into ``OUT/.tmp-<name>-<pid>/<name>/`` and renamed to
+    ``OUT/<name>`` (replacing an older folder) only when the per-slide function has
+    returned and written ``run.json``. On any failure the temporary folder is removed
+    and nothing else is touched. The same function runs in the batch's own process
+    and inside Dask workers.
+
+    Parameters
+    ----------
+    job
+        The slide, its output-folder name and the batch output folder.
+    run_slide
+        Per-slide function ``(path, model, config, out_dir, *, progress) -> result``
+        with ``n_tiles`` and ``timings`` attributes.
+    model
+        The loaded model.
+    config
+        Effective configuration (model defaults resolved).
+    expected_hash, weights_sha256
+        The batch's configuration hash and model weights hash, to check that the
+        written ``run.json`` records them.
+    progress
+        Passed on to ``run_slide``.
+
+    Returns
+    -------
+    SlideOutcome
+        ``done`` or ``failed`` (every ``Exception`` of the slide is caught).
+
+    Raises
+    ------
+    KeyboardInterrupt
+        Re-raised after the temporary folder is removed.
+    """
+    tmp_parent = job.out_dir / f"{_TMP_PREFIX}{job.name}-{os.getpid()}"
+    _remove(tmp_parent)
+    work = tmp_parent / job.name
+    t0 = time.perf_counter()
+    try:
+        work.mkdir(parents=True)
+        result = run_slide(job.path, model, config, work, progress=progress)
+        if not (work / "run.json").is_file():
+            raise OutputError(f"the per-slide function wrote no run.json into {work}")
+        _commit(work, job.final, job.name)
+    except KeyboardInterrupt:
+        _remove(tmp_parent)
+        raise
+    except Exception as exc:  # noqa: BLE001 - isolate every failure of one slide
+        _remove(tmp_parent)
+        outcome = failed_outcome(exc, time.perf_counter() - t0)
+        logger.debug("%s: traceback", job.name, exc_info=True)
+        del exc
+        gc.collect()
+        return outcome
+    _remove(tmp_parent)
+    total = round(time.perf_counter() - t0, 3)
+    timings = getattr(result, "timings", None) or {}
+    n_tiles = getattr(result, "n_tiles", None)
+    run = completed_run(job.final)
+    return SlideOutcome(
+        status="done",
+        n_tiles=int(n_tiles) if n_tiles is not None else None,
+        timings={"total": total, **{str(k): float(v) for k, v in timings.items()}},
+        recorded=run is not None and run_matches(run, expected_hash, weights_sha256),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The batch: shared bookkeeping of the local loop and the Dask runner
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchState:
+    """A started batch: its jobs, summary and what every slide is checked against.
+
+    Made by :func:`start_batch`; the local loop (:func:`run_batch`) and the Dask
+    runner (:func:`wsi_saliency.cluster.run_batch_on_cluster`) drive it with
+    :func:`skip_if_complete`, :func:`record_outcome`, :func:`finish_batch` and
+    :func:`interrupt_batch`.
+
+    Parameters
+    ----------
+    config
+        Effective configuration (model defaults resolved).
+    expected_hash
+        Its :func:`~wsi_saliency.config.config_hash` with the model weights.
+    weights_sha256
+        The model's weights hash.
+    jobs
+        One job per slide, in batch order.
+    summary
+        The batch summary (``summary.records[i]`` belongs to ``jobs[i]``).
+    reporter
+        Receives progress events, or None.
+    """
+
+    config: RunConfig
+    expected_hash: str
+    weights_sha256: str
+    jobs: list[SlideJob]
+    summary: BatchSummary
+    reporter: BatchReporter | None = None
+
+    def tag(self, i: int) -> str:
+        """Log prefix of slide ``i``: ``[i/n] name``."""
+        return f"[{i + 1}/{len(self.jobs)}] {self.jobs[i].name}"
+
+    def log_extra(self, i: int) -> dict[str, Any]:
+        """Structured log fields of slide ``i``."""
+        return {"slide": self.jobs[i].name, "input": str(self.jobs[i].path)}
+
+
+def start_batch(
+    slides: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    config: RunConfig,
+    model: Any,
+    *,
+    names: Sequence[str] | None = None,
+    reporter: BatchReporter | None = None,
+) -> BatchState:
+    """Prepare the output folder, name the slides and write the first summary.
+
+    Parameters
+    ----------
+    slides, out_dir, config, model, names, reporter
+        As for :func:`run_batch`.
+
+    Returns
+    -------
+    BatchState
+
+    Raises
+    ------
+    OutputError
+        The output folder cannot be written.
+    ValueError
+        ``names`` are not distinct, one per slide.
+    """
+    out = prepare_output_dir(out_dir)
+    clean_stale_temp(out)
+    cfg = resolve_model_defaults(config, model.spec)
+    weights = str(model.spec.weights_sha256)
+    expected = config_hash(cfg, weights)
+    paths = [Path(os.path.abspath(s)) for s in slides]
+    slide_names = list(names) if names is not None else assign_output_names(paths)
+    if len(slide_names) != len(paths) or len({n.casefold() for n in slide_names}) != len(paths):
+        raise ValueError("names must be distinct, one per slide")
+    summary = BatchSummary(
+        out_dir=out,
+        records=[
+            SlideRecord(input=str(p), name=n) for p, n in zip(paths, slide_names, strict=True)
+        ],
+        config_hash=expected,
+        model={"name": getattr(model.spec, "name", None), "weights_sha256": weights},
+        config=config_to_dict(cfg),
+        started=_now(),
+    )
+    summary.write()
+    _notify(reporter, "batch_started", summary)
+    jobs = [SlideJob(path=p, name=n, out_dir=out) for p, n in zip(paths, slide_names, strict=True)]
+    return BatchState(cfg, expected, weights, jobs, summary, reporter)
+
+
+def skip_if_complete(state: BatchState, i: int, *, overwrite: bool) -> bool:
+    """Skip slide ``i`` when its output folder is complete for this configuration.
+
+    Parameters
+    ----------
+    state
+        The batch.
+    i
+        Slide index.
+    overwrite
+        Never skip.
+
+    Returns
+    -------
+    bool
+        True when the slide was recorded as ``skipped`` (the caller tells the
+        reporter).
+    """
+    if overwrite:
+        return False
+    record = state.summary.records[i]
+    final = state.jobs[i].final
+    skip, run = _skip_reason(final, state.expected_hash, state.weights_sha256)
+    if skip and run is not None:
+        record.status, record.output = "skipped", str(final)
+        record.n_tiles = _recorded_n_tiles(run)
+        logger.info(
+            "%s: skipped (complete for this configuration)",
+            state.tag(i),
+            extra={**state.log_extra(i), "event": "slide_skipped"},
+        )
+        return True
+    if run is not None:
+        logger.info(
+            "%s: configuration or model changed; redoing", state.tag(i), extra=state.log_extra(i)
+        )
+    return False
+
+
+def record_outcome(state: BatchState, i: int, outcome: SlideOutcome) -> None:
+    """Write what happened to slide ``i`` into its record, log it and tell the reporter.
+
+    Parameters
+    ----------
+    state
+        The batch.
+    i
+        Slide index.
+    outcome
+        From :func:`execute_slide` (or :func:`failed_outcome`).
+    """
+    record = state.summary.records[i]
+    tag, extra = state.tag(i), state.log_extra(i)
+    record.timings = dict(outcome.timings)
+    if outcome.status != "done":
+        record.status, record.error = "failed", outcome.error
+        logger.error("%s: failed: %s", tag, record.error, extra={**extra, "event": "slide_failed"})
+        _notify(state.reporter, "slide_finished", i, record)
+        return
+    record.n_tiles = outcome.n_tiles
+    record.status, record.output = "done", str(state.jobs[i].final)
+    if not outcome.recorded:
+        logger.warning(
+            "%s: run.json does not record this configuration (config_hash %s, weights %s); "
+            "a re-run will redo this slide",
+            tag,
+            state.expected_hash,
+            state.weights_sha256,
+            extra=extra,
+        )
+    total = record.timings.get("total", 0.0)
+    logger.info(
+        "%s: done in %.1f s (%s tiles)",
+        tag,
+        total,
+        record.n_tiles,
+        extra={**extra, "event": "slide_done", "seconds": total, "n_tiles": record.n_tiles},
+    )
+    _notify(state.reporter, "slide_finished", i, record)
+
+
+def interrupt_batch(state: BatchState) -> None:
+    """Mark the batch interrupted, write the summary and tell the reporter.
+
+    Parameters
+    ----------
+    state
+        The batch.
+    """
+    summary = state.summary
+    summary.status = "interrupted"
+    summary.finished = _now()
+    summary.write()
+    logger.warning("interrupted; summary written to %s", summary.path)
+    _notify(state.reporter, "batch_finished", summary)
+
+
+def finish_batch(state: BatchState) -> BatchSummary:
+    """Mark the batch complete, write the summary, log the counts, tell the reporter.
+
+    Parameters
+    ----------
+    state
+        The batch.
+
+    Returns
+    -------
+    BatchSummary
+    """
+    summary = state.summary
+    summary.status = "complete"
+    summary.finished = _now()
+    summary.write()
+    counts = summary.counts()
+    logger.info(
+        "batch finished: %d done, %d skipped, %d failed; summary %s",
+        counts["done"],
+        counts["skipped"],
+        counts["failed"],
+        summary.path,
+        extra={"event": "batch_finished", "counts": counts},
+    )
+    _notify(state.reporter, "batch_finished", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------
+
+
 def run_batch(
     slides: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -688,6 +1085,10 @@ def run_batch(
     reporter: BatchReporter | None = None,
 ) -> BatchSummary:
     """Run the per-slide function over slides, with resume and failure isolation.
+
+    With ``config.inference.scheduler`` set, the slides run as tasks on a Dask
+    cluster instead (:func:`wsi_saliency.cluster.run_batch_on_cluster`; same
+    outputs, resume, failure isolation and summary).
 
     Parameters
     ----------
@@ -726,142 +1127,56 @@ def run_batch(
         Re-raised after the current slide's temporary folder is removed and the summary
         is written with status ``interrupted``.
     """
-    out = prepare_output_dir(out_dir)
-    clean_stale_temp(out)
-    fn = run_slide if run_slide is not None else _default_run_slide()
-    cfg = resolve_model_defaults(config, model.spec)
-    weights = str(model.spec.weights_sha256)
-    expected = config_hash(cfg, weights)
-    paths = [Path(os.path.abspath(s)) for s in slides]
-    slide_names = list(names) if names is not None else assign_output_names(paths)
-    if len(slide_names) != len(paths) or len({n.casefold() for n in slide_names}) != len(paths):
-        raise ValueError("names must be distinct, one per slide")
-    summary = BatchSummary(
-        out_dir=out,
-        records=[
-            SlideRecord(input=str(p), name=n) for p, n in zip(paths, slide_names, strict=True)
-        ],
-        config_hash=expected,
-        model={"name": getattr(model.spec, "name", None), "weights_sha256": weights},
-        config=config_to_dict(cfg),
-        started=_now(),
-    )
-    summary.write()
-    _notify(reporter, "batch_started", summary)
-    n = len(paths)
-    try:
-        for i, (path, record) in enumerate(zip(paths, summary.records, strict=True)):
-            _run_one(
-                i, n, path, record, out, cfg, model, fn, expected, weights, overwrite, reporter
-            )
-            summary.write()
-    except KeyboardInterrupt:
-        summary.status = "interrupted"
-        summary.finished = _now()
-        summary.write()
-        logger.warning("interrupted; summary written to %s", summary.path)
-        _notify(reporter, "batch_finished", summary)
-        raise
-    summary.status = "complete"
-    summary.finished = _now()
-    summary.write()
-    counts = summary.counts()
-    logger.info(
-        "batch finished: %d done, %d skipped, %d failed; summary %s",
-        counts["done"],
-        counts["skipped"],
-        counts["failed"],
-        summary.path,
-        extra={"event": "batch_finished", "counts": counts},
-    )
-    _notify(reporter, "batch_finished", summary)
-    return summary
+    if config.inference.scheduler is not None:
+        from wsi_saliency.cluster import run_batch_on_cluster
 
-
-def _run_one(
-    i: int,
-    n: int,
-    path: Path,
-    record: SlideRecord,
-    out: Path,
-    cfg: RunConfig,
-    model: LoadedModel,
-    fn: RunSlideFn,
-    expected: str,
-    weights: str,
-    overwrite: bool,
-    reporter: BatchReporter | None,
-) -> None:
-    name = record.name
-    final = out / name
-    tag = f"[{i + 1}/{n}] {name}"
-    log_extra: dict[str, Any] = {"slide": name, "input": str(path)}
-    _notify(reporter, "slide_started", i, record)
-    if not overwrite:
-        skip, run = _skip_reason(final, expected, weights)
-        if skip and run is not None:
-            record.status, record.output = "skipped", str(final)
-            record.n_tiles = _recorded_n_tiles(run)
-            logger.info(
-                "%s: skipped (complete for this configuration)",
-                tag,
-                extra={**log_extra, "event": "slide_skipped"},
-            )
-            _notify(reporter, "slide_finished", i, record)
-            return
-        if run is not None:
-            logger.info("%s: configuration or model changed; redoing", tag, extra=log_extra)
-    tmp_parent = out / f"{_TMP_PREFIX}{name}-{os.getpid()}"
-    _remove(tmp_parent)
-    work = tmp_parent / name
-    logger.info("%s: started %s", tag, path, extra={**log_extra, "event": "slide_started"})
-    t0 = time.perf_counter()
-    try:
-        work.mkdir(parents=True)
-        result = fn(
-            path, model, cfg, work, progress=lambda d, t: _notify(reporter, "slide_progress", d, t)
+        return run_batch_on_cluster(
+            slides,
+            out_dir,
+            config,
+            model,
+            run_slide=run_slide,
+            overwrite=overwrite,
+            names=names,
+            reporter=reporter,
         )
-        if not (work / "run.json").is_file():
-            raise OutputError(f"the per-slide function wrote no run.json into {work}")
-        _commit(work, final, name)
+    state = start_batch(slides, out_dir, config, model, names=names, reporter=reporter)
+    fn = run_slide if run_slide is not None else _default_run_slide()
+    try:
+        for i, job in enumerate(state.jobs):
+            _run_local(state, i, job, fn, model, overwrite)
+            state.summary.write()
     except KeyboardInterrupt:
-        _remove(tmp_parent)
+        interrupt_batch(state)
+        raise
+    return finish_batch(state)
+
+
+def _run_local(
+    state: BatchState, i: int, job: SlideJob, fn: RunSlideFn, model: Any, overwrite: bool
+) -> None:
+    record = state.summary.records[i]
+    _notify(state.reporter, "slide_started", i, record)
+    if skip_if_complete(state, i, overwrite=overwrite):
+        _notify(state.reporter, "slide_finished", i, record)
+        return
+    logger.info(
+        "%s: started %s",
+        state.tag(i),
+        job.path,
+        extra={**state.log_extra(i), "event": "slide_started"},
+    )
+    try:
+        outcome = execute_slide(
+            job,
+            fn,
+            model,
+            state.config,
+            state.expected_hash,
+            state.weights_sha256,
+            progress=lambda d, t: _notify(state.reporter, "slide_progress", d, t),
+        )
+    except KeyboardInterrupt:
         record.status, record.error = "interrupted", "interrupted by the user"
         raise
-    except Exception as exc:  # noqa: BLE001 - isolate every failure of one slide
-        _remove(tmp_parent)
-        record.status, record.error = "failed", _one_line(exc)
-        record.timings = {"total": round(time.perf_counter() - t0, 3)}
-        logger.error(
-            "%s: failed: %s", tag, record.error, extra={**log_extra, "event": "slide_failed"}
-        )
-        logger.debug("%s: traceback", tag, exc_info=True)
-        del exc
-        gc.collect()
-        _notify(reporter, "slide_finished", i, record)
-        return
-    _remove(tmp_parent)
-    total = round(time.perf_counter() - t0, 3)
-    timings = getattr(result, "timings", None) or {}
-    record.timings = {"total": total, **{str(k): float(v) for k, v in timings.items()}}
-    n_tiles = getattr(result, "n_tiles", None)
-    record.n_tiles = int(n_tiles) if n_tiles is not None else None
-    record.status, record.output = "done", str(final)
-    run = completed_run(final)
-    if run is None or not run_matches(run, expected, weights):
-        logger.warning(
-            "%s: run.json does not record this configuration (config_hash %s, weights %s); "
-            "a re-run will redo this slide",
-            tag,
-            expected,
-            weights,
-            extra=log_extra,
-        )
-    logger.info(
-        "%s: done in %.1f s (%s tiles)",
-        tag,
-        total,
-        record.n_tiles,
-        extra={**log_extra, "event": "slide_done", "seconds": total, "n_tiles": record.n_tiles},
-    )
-    _notify(reporter, "slide_finished", i, record)
+    record_outcome(state, i, outcome)

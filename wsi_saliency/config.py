@@ -46,6 +46,7 @@ __all__ = [
     "config_keys",
     "config_to_dict",
     "load_config",
+    "parse_scheduler",
     "validate_device",
 ]
 
@@ -67,8 +68,13 @@ SMOOTHINGS: tuple[str, ...] = ("none", "backward-hook", "forward-hook")
 BLENDS: tuple[str, ...] = ("uniform", "hann")
 #: Keys that do not change a slide's outputs and are left out of :func:`config_hash`:
 #: the model directory's location (its weights are hashed instead) and how fast
-#: tiles are fed (batch size, reader workers).
-HASH_EXCLUDED_KEYS: tuple[str, ...] = ("model.path", "inference.batch_size", "inference.workers")
+#: tiles are fed (batch size, reader workers) and where slides run (the Dask scheduler).
+HASH_EXCLUDED_KEYS: tuple[str, ...] = (
+    "model.path",
+    "inference.batch_size",
+    "inference.workers",
+    "inference.scheduler",
+)
 
 
 @dataclass(frozen=True)
@@ -155,12 +161,30 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Where and how fast the model runs."""
+    """Where and how fast the model runs.
+
+    Parameters
+    ----------
+    device
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    batch_size
+        Tiles per model batch.
+    workers
+        Tile-reading threads per slide; 0 reads in the calling thread.
+    autocast
+        Mixed precision on CUDA.
+    scheduler
+        ``None`` runs the slides one after another in this process. A Dask scheduler
+        address (``tcp://host:8786``) runs each slide as a task on that cluster;
+        ``local:N`` starts a local cluster of N worker processes (see
+        :mod:`wsi_saliency.cluster`). Not part of :func:`config_hash`.
+    """
 
     device: str = "auto"
     batch_size: int = 32
     workers: int = 2
     autocast: bool = False
+    scheduler: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +232,10 @@ _SECTIONS: tuple[tuple[str, type], ...] = (
     ("output", OutputConfig),
 )
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_LOCAL_SCHEDULER_RE = re.compile(r"^local:(\d+)$")
+_SCHEDULER_RE = re.compile(
+    r"^((tcp|tls|ucx|ws|wss)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?/?$"
+)
 # Command-line option that sets a key, where it is not ``--<field-name>``.
 _CLI_LABELS = types.MappingProxyType(
     {"model.path": "--model", "slide.backend": "--backend", "tissue.method": "--tissue-method"}
@@ -383,6 +411,39 @@ def validate_device(device: str) -> bool:
     return bool(_DEVICE_RE.match(device))
 
 
+def parse_scheduler(address: str) -> int | None:
+    """Check an ``inference.scheduler`` value and return its local worker count.
+
+    Parameters
+    ----------
+    address
+        ``local:N`` (N >= 1 worker processes on this machine) or a Dask scheduler
+        address: ``[tcp|tls|ucx|ws|wss://]host[:port]``.
+
+    Returns
+    -------
+    int or None
+        N for ``local:N``; None for a scheduler address.
+
+    Raises
+    ------
+    ConfigError
+        Neither form.
+    """
+    local = _LOCAL_SCHEDULER_RE.match(address)
+    if local is not None:
+        n = int(local.group(1))
+        if n < 1:
+            raise ConfigError(f"scheduler '{address}': local:N needs N >= 1 worker processes")
+        return n
+    if address.startswith("local") or not _SCHEDULER_RE.match(address):
+        raise ConfigError(
+            f"scheduler '{address}' is not a Dask scheduler address; use tcp://host:8786 "
+            "or local:N (N worker processes on this machine)"
+        )
+    return None
+
+
 def _choice(value: str, choices: tuple[str, ...]) -> str | None:
     if value in choices:
         return None
@@ -439,6 +500,12 @@ def _check_value(key: str, value: Any) -> str | None:  # noqa: C901 - one flat t
         return None if value >= 1 else f"{value} must be >= 1"
     if key == "inference.workers":
         return None if value >= 0 else f"{value} must be >= 0 (0 reads tiles in the main process)"
+    if key == "inference.scheduler":
+        try:
+            parse_scheduler(value)
+        except ConfigError as exc:
+            return str(exc)
+        return None
     if key == "output.threshold":
         return None if _in_range(value, 0, 1) else f"{value} must be in [0, 1]"
     if key == "output.saliency_range":

@@ -10,10 +10,12 @@ Messages are one line, name the file or value at fault, and say what to do.
 from __future__ import annotations
 
 __all__ = [
+    "ClusterError",
     "ConfigError",
     "InputError",
     "InvalidModelError",
     "LayerNotFoundError",
+    "MissingDependencyError",
     "MissingMppError",
     "NoTissueError",
     "OutputError",
@@ -84,3 +86,11 @@ class InputError(WsiSaliencyError, ValueError):
 
 class StitchError(WsiSaliencyError, ValueError):
     """Tile results do not fit the stitcher (wrong shapes, indices, a tile added twice)."""
+
+
+class MissingDependencyError(WsiSaliencyError, ImportError):
+    """An optional package a feature needs is not installed (the message says what to install)."""
+
+
+class ClusterError(WsiSaliencyError, ConnectionError):
+    """A Dask cluster cannot be started or its scheduler cannot be reached."""

@@ -34,7 +34,7 @@ from wsi_saliency.config import (
     build_config,
     load_config,
 )
-from wsi_saliency.errors import WsiSaliencyError
+from wsi_saliency.errors import ClusterError, MissingDependencyError, WsiSaliencyError
 
 if TYPE_CHECKING:
     from wsi_saliency.models import LoadedModel
@@ -167,12 +167,21 @@ def execute_batch(
         config = build_config(yaml_dict, overrides, source=yaml_path)
         out_dir = prepare_output_dir(out)
         slides = discover_slides(inputs, exclude=[out_dir])
+        if config.inference.scheduler is not None:
+            from wsi_saliency.cluster import require_distributed
+
+            require_distributed()
         model = _load_model(config.model.path)
     except (WsiSaliencyError, OSError) as exc:
         raise UsageFailure(str(exc)) from exc
     reporter = ProgressReporter(enabled=progress_enabled(quiet=quiet, log_format=log_format))
     with _sigterm_as_interrupt():
-        summary = run_batch(slides, out_dir, config, model, overwrite=overwrite, reporter=reporter)
+        try:
+            summary = run_batch(
+                slides, out_dir, config, model, overwrite=overwrite, reporter=reporter
+            )
+        except (ClusterError, MissingDependencyError) as exc:  # raised before any slide ran
+            raise UsageFailure(str(exc)) from exc
     return summary, config
 
 
@@ -213,6 +222,13 @@ def _target(value: str | None) -> str | int | None:
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [default: auto].")
 @click.option("--batch-size", type=int, default=None, help="Tiles per model batch [default: 32].")
 @click.option("--workers", type=int, default=None, help="Tile-reading workers [default: 2].")
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Run slides on a Dask cluster: tcp://host:8786, or local:N worker processes "
+    "(one per GPU) [default: in this process].",
+)
 @click.option("--tile-size", type=int, default=None, help="Tile px [default: the model's].")
 @click.option("--spacing", type=float, default=None, help="Tile um/px [default: the model's].")
 @click.option("--overlap", type=float, default=None, help="Tile overlap in [0, 1) [default: 0].")
@@ -242,6 +258,7 @@ def run(
     device: str | None,
     batch_size: int | None,
     workers: int | None,
+    scheduler: str | None,
     tile_size: int | None,
     spacing: float | None,
     overlap: float | None,
@@ -275,6 +292,7 @@ def run(
         "inference.device": device,
         "inference.batch_size": batch_size,
         "inference.workers": workers,
+        "inference.scheduler": scheduler,
         "tiling.tile_size": tile_size,
         "tiling.spacing": spacing,
         "tiling.overlap": overlap,
