@@ -26,10 +26,11 @@ import torch
 
 from wsi_saliency import __version__
 from wsi_saliency.config import RunConfig, config_hash, resolve_model_defaults
-from wsi_saliency.errors import ConfigError
 from wsi_saliency.models import LoadedModel
+from wsi_saliency.prefetch import iter_tile_batches
 from wsi_saliency.readers import SlideReader, open_slide
 from wsi_saliency.saliency import SaliencyEngine
+from wsi_saliency.saliency.engine import resolve_device
 from wsi_saliency.stitch import Stitcher
 from wsi_saliency.tiling import make_grid, read_tiles
 from wsi_saliency.tissue import mask_from_thumbnail, save_tissue_png, thumbnail_at_spacing
@@ -144,18 +145,6 @@ def _slide_facts(info: SlideInfo) -> dict[str, Any]:
     }
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device 'mps' asked for but Apple MPS is not available; use --device cpu")
-    if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    return torch.device(name)
-
-
 def _tile_batches(
     path: Path,
     config: RunConfig,
@@ -164,7 +153,6 @@ def _tile_batches(
     device: torch.device,
 ) -> Iterator[tuple[npt.NDArray[np.int64], Any]]:
     """Tile batches read ahead by reader threads; pinned tensors on CUDA."""
-    from wsi_saliency.prefetch import iter_tile_batches
 
     def read_batch(reader: SlideReader, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
         tiles = read_tiles(reader, grid, idx)
@@ -224,7 +212,7 @@ def run_slide(
     tile_size = config.tiling.tile_size
     spacing = config.tiling.spacing
     assert tile_size is not None and spacing is not None
-    device = _device(config.inference.device)
+    device = resolve_device(config.inference.device)
 
     with watch.stage("open"):
         reader = _open(slide_path, config)

@@ -38,7 +38,7 @@ _DEEPLIFT_NONLINEAR = frozenset({
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """Turn ``"auto"`` / ``"cpu"`` / ``"cuda[:N]"`` into a device, checking CUDA exists."""
+    """Turn ``"auto"`` / ``"cpu"`` / ``"cuda[:N]"`` / ``"mps"`` into a device that exists."""
     if isinstance(device, torch.device):
         dev = device
     elif device == "auto":
@@ -51,6 +51,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
                               "or 'cuda'") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for but CUDA is not available; use 'cpu'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} asked for but Apple MPS is not available; use 'cpu'")
     return dev
 
 
