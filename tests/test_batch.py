@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from wsi_saliency import batch as batch_mod
 from wsi_saliency.batch import (
     EXIT_FAILED,
     EXIT_OK,
@@ -39,6 +41,7 @@ from wsi_saliency.config import (
     resolve_model_defaults,
 )
 from wsi_saliency.errors import InputError, OutputError, SlideOpenError
+from wsi_saliency.inputs import model_fingerprint, slide_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +56,8 @@ class FakeSpec:
     patch_size: int = 32
     spacing: float = 1.0
     saliency_layer: str | None = "layer2"
+    mean: tuple[float, float, float] = (0.8, 0.6, 0.7)
+    tumor_class: int = 1
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,14 @@ class FakeWorker:
         )
         if not data.startswith(b"NORUN"):
             run = {
-                "config_hash": config_hash(config, model.spec.weights_sha256),
-                "model": {"weights_sha256": model.spec.weights_sha256},
+                "config_hash": config_hash(config, model_fingerprint(model.spec)),
+                "model": {
+                    "weights_sha256": model.spec.weights_sha256,
+                    "fingerprint": model_fingerprint(model.spec),
+                },
+                "inputs": slide_fingerprint(
+                    path, mpp_sidecar=config.slide.mpp_sidecar, roi=config.tissue.roi
+                ),
                 "config": config_to_dict(config),
                 "n_tiles": 3,
                 "outputs": {"tiles_csv": "tiles.csv"},
@@ -334,7 +345,7 @@ def test_all_done_summary_and_layout(tmp_path: Path) -> None:
     assert data["counts"] == {"done": 3, "skipped": 0, "failed": 0}
     assert data["config_hash"] == config_hash(
         resolve_model_defaults(RunConfig(), FakeModel().spec),
-        "a" * 64,
+        model_fingerprint(FakeModel().spec),
     )
     assert data["model"] == {"name": "fake", "weights_sha256": "a" * 64}
     entry = data["slides"][1]
@@ -469,6 +480,21 @@ def test_stale_temporary_folders_are_cleaned(tmp_path: Path) -> None:
     assert not any(p.exists() for p in stale)
     assert live.exists()
     assert clean_stale_temp(out) == []  # pid 1 still running
+
+
+def test_temporary_entries_of_other_hosts_are_left_until_old(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = 2**22 + 12345
+    ours = out / f".tmp-a-{dead}@{batch_mod._host()}"
+    remote = out / f".tmp-b-{dead}@another-node"
+    old_remote = out / f".trash-c-{dead}@another-node"
+    for p in (ours, remote, old_remote):
+        p.mkdir()
+    age = batch_mod.FOREIGN_TEMP_MAX_AGE_S + 60
+    os.utime(old_remote, (time.time() - age, time.time() - age))
+    assert sorted(clean_stale_temp(out)) == sorted([ours, old_remote])
+    assert remote.exists()  # a Dask worker on another host may still be writing it
 
 
 def test_summary_is_valid_and_updated_while_the_batch_runs(tmp_path: Path) -> None:
@@ -622,7 +648,7 @@ def test_sigkill_mid_slide_leaves_no_finished_looking_folder(tmp_path: Path) -> 
     # a is finished, b is only a temporary folder, c not started
     assert completed_run(out / "a") is not None
     assert not (out / "b").exists() and not (out / "c").exists()
-    assert leftovers(out) == [f".tmp-b-{proc.pid}"]
+    assert leftovers(out) == [f".tmp-b-{proc.pid}@{batch_mod._host()}"]
     assert [e["status"] for e in summary_of(out)["slides"]] == ["done", "pending", "pending"]
     # re-run: stale temp removed, a not recomputed, b and c done
     worker = FakeWorker()
@@ -642,7 +668,7 @@ def test_resume_accepts_a_run_json_hashed_by_another_implementation(tmp_path: Pa
     expected = run["config_hash"]
     run["config_hash"] = "0" * 64
     run_json.write_text(json.dumps(run))
-    assert run_matches(run, expected, "a" * 64)
+    assert run_matches(run, expected, "a" * 64, model_fingerprint(FakeModel().spec))
     assert not run_matches(run, expected, "b" * 64)
     worker = FakeWorker()
     run_batch(slides, out, RunConfig(), FakeModel(), run_slide=worker)
@@ -738,3 +764,86 @@ def test_e2e_changing_layer_or_method_reruns_affected_slides_only(tmp_path: Path
     assert statuses(run_batch([a, b], out, deeper, model)) == ["skipped", "skipped"]
     assert {n: ident(n) for n in (a.stem, b.stem)} == again
     assert leftovers(out) == []
+
+
+def test_model_config_edit_redoes_slides(tmp_path: Path) -> None:
+    """Same weights, different normalisation or tumour class: outputs differ, so redo."""
+    slides = make_slides(tmp_path / "in", {"a.svs": b"A"})
+    out = tmp_path / "out"
+    worker = FakeWorker()
+    run_batch(slides, out, RunConfig(), FakeModel(), run_slide=worker)
+    run_batch(slides, out, RunConfig(), FakeModel(), run_slide=worker)
+    assert worker.calls == ["a.svs"]
+    edited = FakeModel(spec=dataclasses.replace(FakeSpec(), patch_size=32, spacing=1.0))
+    run_batch(slides, out, RunConfig(), edited, run_slide=worker)
+    assert worker.calls == ["a.svs"]  # identical spec: still skipped
+    edited = FakeModel(spec=dataclasses.replace(FakeSpec(), name="renamed"))
+    run_batch(slides, out, RunConfig(), edited, run_slide=worker)
+    assert worker.calls == ["a.svs"]  # a display name does not change outputs
+    for change in ({"mean": (0.5, 0.5, 0.5)}, {"tumor_class": 0}):
+        edited = FakeModel(spec=dataclasses.replace(FakeSpec(), **change))
+        before = len(worker.calls)
+        run_batch(slides, out, RunConfig(), edited, run_slide=worker)
+        assert len(worker.calls) == before + 1, change
+
+
+def test_sidecar_or_roi_change_redoes_only_that_slide(tmp_path: Path) -> None:
+    slides = make_slides(tmp_path / "in", {"a.svs": b"A", "b.svs": b"B"})
+    out = tmp_path / "out"
+    worker = FakeWorker()
+    cfg = build_config({}, {"tissue.roi": "{stem}.roi.geojson"})
+    run_batch(slides, out, cfg, FakeModel(), run_slide=worker)
+    assert sorted(worker.calls) == ["a.svs", "b.svs"]
+    (tmp_path / "in" / "a.mpp.json").write_text('{"mpp": 0.25}')  # a sidecar appears
+    run_batch(slides, out, cfg, FakeModel(), run_slide=worker)
+    assert worker.calls[2:] == ["a.svs"]
+    (tmp_path / "in" / "a.mpp.json").write_text('{"mpp": 0.5}')  # the spacing is fixed
+    run_batch(slides, out, cfg, FakeModel(), run_slide=worker)
+    assert worker.calls[3:] == ["a.svs"]
+    (tmp_path / "in" / "b.roi.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    run_batch(slides, out, cfg, FakeModel(), run_slide=worker)
+    assert worker.calls[4:] == ["b.svs"]
+    run_batch(slides, out, cfg, FakeModel(), run_slide=worker)
+    assert len(worker.calls) == 5  # nothing changed: all skipped
+
+
+def test_ome_tif_stem_is_shared_by_output_folder_and_companions(tmp_path: Path) -> None:
+    from wsi_saliency.inputs import companion_path
+
+    slide = tmp_path / "x.ome.tif"
+    assert slide_stem(slide) == "x"
+    assert companion_path("{stem}.mpp.json", slide) == tmp_path / "x.mpp.json"
+    assert companion_path("/abs/{name}.geojson", slide) == Path("/abs/x.ome.tif.geojson")
+
+
+def test_symlink_cycles_and_duplicate_links_are_found_once(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    make_slides(root, {"s1.svs": b"A", "sub/s2.svs": b"B"})
+    (root / "sub" / "back").symlink_to(root, target_is_directory=True)  # a cycle
+    (root / "s1-link.svs").symlink_to(root / "s1.svs")  # the same file again
+    slides = discover_slides([root, root / "sub" / "s2.svs"])
+    assert [p.relative_to(root).as_posix() for p in slides] == ["s1-link.svs", "sub/s2.svs"]
+
+
+def test_commit_puts_the_older_result_back_when_the_new_one_cannot_move_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsi_saliency import batch as batch_mod
+
+    final = tmp_path / "a"
+    final.mkdir()
+    (final / "run.json").write_text("{}")
+    work = tmp_path / ".tmp-a-1" / "a"
+    work.mkdir(parents=True)
+    real_rename = os.rename
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if Path(src) == work:
+            raise KeyboardInterrupt  # e.g. Ctrl-C between the two renames
+        real_rename(src, dst)
+
+    monkeypatch.setattr(batch_mod.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        batch_mod._commit(work, final, "a")
+    assert (final / "run.json").is_file()
+    assert not any(p.name.startswith(".trash-") for p in tmp_path.iterdir())

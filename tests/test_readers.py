@@ -375,3 +375,19 @@ def test_corrupt_tile_data_is_slide_open_error(tmp_path: Path, rect_svs: Path) -
         fh.write(b"\x00" * cnt)
     with open_slide(bad, backend="tiffslide") as r, pytest.raises(SlideOpenError, match="corrupt"):
         r.read_region((3 * 256, 2 * 256), 0, (256, 256))
+
+
+@pytest.mark.parametrize("downsample", [1.0, 2.0, 3.7, 8.0])
+def test_whole_slide_reads_are_identical_in_small_blocks(
+    coordinate_tiff: Path, monkeypatch: pytest.MonkeyPatch, downsample: float
+) -> None:
+    """Reading a whole slide block by block (as on huge single-level slides) changes
+    no pixel: blocks and strips only bound memory."""
+    from wsi_saliency.readers import base
+
+    with open_slide(coordinate_tiff, mpp=0.5) as r:
+        whole = r.read_at_downsample(downsample)
+        monkeypatch.setattr(base, "_BLOCK_SRC_PX", 97)
+        monkeypatch.setattr(base, "_STRIP_BYTES", 3 * 97 * 5)
+        blocked = r.read_at_downsample(downsample)
+    np.testing.assert_array_equal(blocked, whole)

@@ -62,7 +62,7 @@ def planted_run(
 ) -> Path:
     out = tmp_path_factory.mktemp("planted_out")
     cfg = RunConfig(inference=InferenceConfig(device="cpu", batch_size=16, workers=2))
-    result = run_slide(planted_slide, load_model(colour_model_dir), cfg, out)
+    result = run_slide(planted_slide, load_model(colour_model_dir, trust_code=True), cfg, out)
     assert result.n_tiles > 100
     return out
 
@@ -134,13 +134,15 @@ def test_every_output_and_run_json(planted_run: Path, colour_model_dir: Path) ->
         assert expected in names
     assert not any(n.startswith(".scratch") for n in names)
     run = json.loads((planted_run / "run.json").read_text())
-    model = load_model(colour_model_dir)
+    model = load_model(colour_model_dir, trust_code=True)
     cfg = resolve_model_defaults(
         RunConfig(inference=InferenceConfig(device="cpu", batch_size=16, workers=2)), model.spec
     )
     from wsi_saliency.config import config_hash
+    from wsi_saliency.inputs import model_fingerprint
 
-    assert run["config_hash"] == config_hash(cfg, model.spec.weights_sha256)
+    assert run["config_hash"] == config_hash(cfg, model_fingerprint(model.spec))
+    assert run["inputs"]["size"] > 0 and run["inputs"]["roi_sha256"] is None
     assert run["model"]["weights_sha256"] == model.spec.weights_sha256
     assert run["saliency"]["layer"] == "down4"
     assert run["saliency"]["smoothing"] == "backward-hook"
@@ -156,7 +158,7 @@ def test_workers_zero_gives_identical_tables(
     planted_slide: Path, colour_model_dir: Path, planted_run: Path, tmp_path: Path
 ) -> None:
     cfg = RunConfig(inference=InferenceConfig(device="cpu", batch_size=7, workers=0))
-    run_slide(planted_slide, load_model(colour_model_dir), cfg, tmp_path)
+    run_slide(planted_slide, load_model(colour_model_dir, trust_code=True), cfg, tmp_path)
     for name in ("tiles.csv", "tiles.geojson", "regions.geojson"):
         assert (tmp_path / name).read_bytes() == (planted_run / name).read_bytes(), name
 
@@ -171,7 +173,7 @@ def test_progress_reports_every_batch(
         model=ModelConfig(smoothing="none"),
     )
     res = run_slide(
-        planted_slide, load_model(colour_model_dir), cfg, tmp_path,
+        planted_slide, load_model(colour_model_dir, trust_code=True), cfg, tmp_path,
         progress=lambda d, t: seen.append((d, t)),
     )
     assert seen[-1] == (res.n_tiles, res.n_tiles)
@@ -179,7 +181,7 @@ def test_progress_reports_every_batch(
 
 
 def test_bad_slide_errors(colour_model_dir: Path, tmp_path: Path) -> None:
-    model = load_model(colour_model_dir)
+    model = load_model(colour_model_dir, trust_code=True)
     bad = tmp_path / "bad.svs"
     bad.write_text("not a slide")
     out = tmp_path / "out"

@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -51,6 +52,7 @@ from wsi_saliency.config import (
     resolve_model_defaults,
 )
 from wsi_saliency.errors import InputError, OutputError
+from wsi_saliency.inputs import model_fingerprint, same_inputs, slide_fingerprint, slide_stem
 
 if TYPE_CHECKING:
     from wsi_saliency.models import LoadedModel
@@ -114,9 +116,12 @@ EXIT_INTERRUPTED = 130
 
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
-_PID_RE = re.compile(r"-(\d+)(?:\.json)?$")
+#: Owner tag ending temporary names: ``-<pid>@<host>`` (``-<pid>`` alone: this host).
+_OWNER_RE = re.compile(r"-(\d+)(?:@([A-Za-z0-9_-]+))?$")
+#: Temporary entries of other hosts (Dask workers on a shared filesystem) younger than
+#: this are left alone: their process may still be writing.
+FOREIGN_TEMP_MAX_AGE_S = 24 * 3600.0
 _GLOB_CHARS = frozenset("*?[")
-_DOUBLE_SUFFIXES = (".ome.tif", ".ome.tiff")
 _MAX_ERROR_CHARS = 500
 
 RunSlideFn = Callable[..., Any]
@@ -148,8 +153,18 @@ def _walk_folder(folder: Path, exclude: Sequence[Path]) -> list[Path]:
     first ``.dcm`` file in name order.
     """
     found: list[Path] = []
+    visited: set[tuple[int, int]] = set()  # (device, inode): symlink cycles end here
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         here = Path(dirpath)
+        try:
+            st = os.stat(here)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in visited:
+            dirnames[:] = []
+            continue
+        visited.add((st.st_dev, st.st_ino))
         mrxs_stems = {Path(f).stem for f in filenames if f.lower().endswith(".mrxs")}
         dirnames[:] = sorted(
             d
@@ -238,7 +253,8 @@ def discover_slides(
     -------
     list of Path
         Absolute paths (symlinks kept), in input order, sorted within each folder or
-        pattern, duplicates removed.
+        pattern; a file reached twice (through a symlink or a second input) is kept once,
+        under the first path it was found at. Symlink cycles are not followed.
 
     Raises
     ------
@@ -253,37 +269,11 @@ def discover_slides(
     slides: list[Path] = []
     for item in inputs:
         for path in _expand(os.fspath(item), excl, from_list=False):
-            key = os.path.normcase(str(path))
+            key = os.path.normcase(os.path.realpath(path))
             if key not in seen:
                 seen.add(key)
                 slides.append(path)
     return slides
-
-
-def slide_stem(path: str | os.PathLike[str]) -> str:
-    """Output-folder stem of a slide.
-
-    Parameters
-    ----------
-    path
-        Slide path.
-
-    Returns
-    -------
-    str
-        The file name without its extension (``.ome.tif(f)`` counted as one); for a
-        DICOM file, the name of its folder. A leading dot is replaced by ``_``.
-    """
-    p = Path(path)
-    if p.suffix.lower() == ".dcm":
-        stem = p.parent.name or p.stem
-    else:
-        lower = p.name.lower()
-        suffix = next((s for s in _DOUBLE_SUFFIXES if lower.endswith(s)), p.suffix)
-        stem = p.name[: len(p.name) - len(suffix)] if suffix else p.name
-    if not stem or stem.startswith("."):
-        stem = "_" + stem.lstrip(".")
-    return stem
 
 
 def assign_output_names(slides: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -368,6 +358,15 @@ def prepare_output_dir(out_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def owner_tag() -> str:
+    """``<pid>@<host>``: ends the names of this process's temporary entries."""
+    return f"{os.getpid()}@{_host()}"
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # a leftover of an earlier process that had our pid
@@ -393,8 +392,10 @@ def _remove(path: Path) -> None:
 def clean_stale_temp(out_dir: str | os.PathLike[str]) -> list[Path]:
     """Remove temporary folders and files that killed batches left in ``out_dir``.
 
-    Entries named ``.tmp-*`` or ``.trash-*`` are removed unless the process whose id
-    ends their name is still running (another batch writing into the same folder).
+    Entries named ``.tmp-*`` or ``.trash-*`` end in their owner ``-<pid>@<host>``. They
+    are removed unless their process is still running on this host (another batch
+    writing into the same folder), or they belong to another host (a Dask worker on a
+    shared filesystem) and are younger than :data:`FOREIGN_TEMP_MAX_AGE_S`.
 
     Parameters
     ----------
@@ -413,8 +414,21 @@ def clean_stale_temp(out_dir: str | os.PathLike[str]) -> list[Path]:
     for entry in sorted(out.iterdir()):
         if not entry.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
             continue
-        match = _PID_RE.search(entry.name)
-        if match and _pid_alive(int(match.group(1))):
+        name = entry.name.removesuffix(".json")
+        match = _OWNER_RE.search(name)
+        if match and match.group(2) not in (None, _host()):
+            try:
+                age = time.time() - entry.lstat().st_mtime
+            except OSError:
+                continue
+            if age < FOREIGN_TEMP_MAX_AGE_S:
+                logger.warning(
+                    "leaving %s: it belongs to host %s, whose process may still be writing it",
+                    entry,
+                    match.group(2),
+                )
+                continue
+        elif match and _pid_alive(int(match.group(1))):
             logger.warning(
                 "leaving %s: process %s that owns it is still running", entry, match.group(1)
             )
@@ -581,7 +595,7 @@ class BatchSummary:
 
     def write(self) -> None:
         """Write the summary atomically (temporary file, then rename)."""
-        tmp = self.out_dir / f"{_TMP_PREFIX}{SUMMARY_NAME}-{os.getpid()}"
+        tmp = self.out_dir / f"{_TMP_PREFIX}{SUMMARY_NAME}-{owner_tag()}"
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, self.path)
@@ -639,16 +653,29 @@ def _notify(reporter: BatchReporter | None, method: str, *args: Any) -> None:
 
 
 def _commit(work: Path, final: Path, name: str) -> None:
-    """Move a finished slide folder into place; replace an older one."""
-    trash = final.parent / f"{_TRASH_PREFIX}{name}-{os.getpid()}"
-    if final.exists() or final.is_symlink():
-        _remove(trash)
-        os.rename(final, trash)
-    os.rename(work, final)
+    """Move a finished slide folder into place; replace an older one.
+
+    The older folder is moved aside first and put back if the new one cannot be moved
+    in (or an interrupt lands in between), so a complete older result is never lost.
+    """
+    trash = final.parent / f"{_TRASH_PREFIX}{name}-{owner_tag()}"
+    if not (final.exists() or final.is_symlink()):
+        os.rename(work, final)
+        return
+    _remove(trash)
+    os.rename(final, trash)
+    try:
+        os.rename(work, final)
+    except BaseException:
+        if not (final.exists() or final.is_symlink()):
+            os.rename(trash, final)
+        raise
     _remove(trash)
 
 
-def run_matches(run: dict[str, Any], expected_hash: str, weights_sha256: str) -> bool:
+def run_matches(
+    run: dict[str, Any], expected_hash: str, weights_sha256: str, fingerprint: str | None = None
+) -> bool:
     """Whether a parsed ``run.json`` was made with this configuration and model weights.
 
     True when its model weights hash equals ``weights_sha256`` and either its
@@ -663,6 +690,9 @@ def run_matches(run: dict[str, Any], expected_hash: str, weights_sha256: str) ->
         :func:`~wsi_saliency.config.config_hash` of the batch's effective configuration.
     weights_sha256
         The batch model's weights hash.
+    fingerprint
+        The batch model's :func:`~wsi_saliency.inputs.model_fingerprint` (what
+        ``expected_hash`` was computed with); defaults to ``weights_sha256``.
 
     Returns
     -------
@@ -673,6 +703,12 @@ def run_matches(run: dict[str, Any], expected_hash: str, weights_sha256: str) ->
         return False
     if recorded_hash == expected_hash:
         return True
+    # a differently computed hash: recompute it from the recorded configuration, but only
+    # when the recorded model is this model (its fingerprint is part of the hash)
+    model = run.get("model")
+    recorded_fp = model.get("fingerprint") if isinstance(model, dict) else None
+    if (fingerprint or weights_sha256) != (recorded_fp or recorded_weights):
+        return False
     recorded_config = run.get("config")
     if not isinstance(recorded_config, dict):
         return False
@@ -680,17 +716,23 @@ def run_matches(run: dict[str, Any], expected_hash: str, weights_sha256: str) ->
         cfg = config_from_dict(recorded_config)
     except (ValueError, TypeError):
         return False
-    return config_hash(cfg, weights_sha256) == expected_hash
+    return config_hash(cfg, fingerprint or weights_sha256) == expected_hash
 
 
 def _skip_reason(
-    final: Path, expected_hash: str, weights: str
+    final: Path, state: BatchState, job: SlideJob
 ) -> tuple[bool, dict[str, Any] | None]:
-    """``(skip, run)``: whether ``final`` holds a finished run of this configuration."""
+    """``(skip, run)``: whether ``final`` holds a finished run of this configuration,
+    model and slide inputs (slide size, MPP sidecar and ROI contents)."""
     run = completed_run(final)
     if run is None:
         return False, None
-    return run_matches(run, expected_hash, weights), run
+    if not run_matches(run, state.expected_hash, state.weights_sha256, state.fingerprint):
+        return False, run
+    current = slide_fingerprint(
+        job.path, mpp_sidecar=state.config.slide.mpp_sidecar, roi=state.config.tissue.roi
+    )
+    return same_inputs(run.get("inputs"), current), run
 
 
 # --------------------------------------------------------------------------------------
@@ -811,7 +853,7 @@ def execute_slide(
     KeyboardInterrupt
         Re-raised after the temporary folder is removed.
     """
-    tmp_parent = job.out_dir / f"{_TMP_PREFIX}{job.name}-{os.getpid()}"
+    tmp_parent = job.out_dir / f"{_TMP_PREFIX}{job.name}-{owner_tag()}"
     _remove(tmp_parent)
     work = tmp_parent / job.name
     t0 = time.perf_counter()
@@ -863,7 +905,7 @@ class BatchState:
     config
         Effective configuration (model defaults resolved).
     expected_hash
-        Its :func:`~wsi_saliency.config.config_hash` with the model weights.
+        Its :func:`~wsi_saliency.config.config_hash` with the model fingerprint.
     weights_sha256
         The model's weights hash.
     jobs
@@ -872,6 +914,8 @@ class BatchState:
         The batch summary (``summary.records[i]`` belongs to ``jobs[i]``).
     reporter
         Receives progress events, or None.
+    fingerprint
+        :func:`~wsi_saliency.inputs.model_fingerprint` of the model.
     """
 
     config: RunConfig
@@ -880,6 +924,7 @@ class BatchState:
     jobs: list[SlideJob]
     summary: BatchSummary
     reporter: BatchReporter | None = None
+    fingerprint: str = ""
 
     def tag(self, i: int) -> str:
         """Log prefix of slide ``i``: ``[i/n] name``."""
@@ -921,7 +966,8 @@ def start_batch(
     clean_stale_temp(out)
     cfg = resolve_model_defaults(config, model.spec)
     weights = str(model.spec.weights_sha256)
-    expected = config_hash(cfg, weights)
+    fingerprint = model_fingerprint(model.spec)
+    expected = config_hash(cfg, fingerprint)
     paths = [Path(os.path.abspath(s)) for s in slides]
     slide_names = list(names) if names is not None else assign_output_names(paths)
     if len(slide_names) != len(paths) or len({n.casefold() for n in slide_names}) != len(paths):
@@ -939,7 +985,7 @@ def start_batch(
     summary.write()
     _notify(reporter, "batch_started", summary)
     jobs = [SlideJob(path=p, name=n, out_dir=out) for p, n in zip(paths, slide_names, strict=True)]
-    return BatchState(cfg, expected, weights, jobs, summary, reporter)
+    return BatchState(cfg, expected, weights, jobs, summary, reporter, fingerprint)
 
 
 def skip_if_complete(state: BatchState, i: int, *, overwrite: bool) -> bool:
@@ -964,7 +1010,7 @@ def skip_if_complete(state: BatchState, i: int, *, overwrite: bool) -> bool:
         return False
     record = state.summary.records[i]
     final = state.jobs[i].final
-    skip, run = _skip_reason(final, state.expected_hash, state.weights_sha256)
+    skip, run = _skip_reason(final, state, state.jobs[i])
     if skip and run is not None:
         record.status, record.output = "skipped", str(final)
         record.n_tiles = _recorded_n_tiles(run)
@@ -976,7 +1022,9 @@ def skip_if_complete(state: BatchState, i: int, *, overwrite: bool) -> bool:
         return True
     if run is not None:
         logger.info(
-            "%s: configuration or model changed; redoing", state.tag(i), extra=state.log_extra(i)
+            "%s: configuration, model or slide inputs changed; redoing",
+            state.tag(i),
+            extra=state.log_extra(i),
         )
     return False
 

@@ -71,6 +71,7 @@ BLENDS: tuple[str, ...] = ("uniform", "hann")
 #: tiles are fed (batch size, reader workers) and where slides run (the Dask scheduler).
 HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "model.path",
+    "model.trust_code",
     "inference.batch_size",
     "inference.workers",
     "inference.scheduler",
@@ -150,6 +151,10 @@ class ModelConfig:
         ``none``, ``backward-hook`` or ``forward-hook``.
     target
         Class explained (name or index); ``None`` is the model's tumour class.
+    trust_code
+        Allow a model directory to run its own Python code (``"architecture":
+        "file.py:callable"`` or ``"package.module:callable"``). Off by default: a model
+        folder from elsewhere must not be able to run code just by being loaded.
     """
 
     path: str | None = None
@@ -157,6 +162,7 @@ class ModelConfig:
     method: str = "gradient"
     smoothing: str = "backward-hook"
     target: str | int | None = None
+    trust_code: bool = False
 
 
 @dataclass(frozen=True)

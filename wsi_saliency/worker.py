@@ -26,6 +26,7 @@ import torch
 
 from wsi_saliency import __version__
 from wsi_saliency.config import RunConfig, config_hash, resolve_model_defaults
+from wsi_saliency.inputs import companion_path, model_fingerprint, slide_fingerprint
 from wsi_saliency.models import LoadedModel
 from wsi_saliency.prefetch import iter_tile_batches
 from wsi_saliency.readers import SlideReader, open_slide
@@ -100,14 +101,6 @@ class _Stopwatch:
         out = {k: round(v, 4) for k, v in self.timings.items()}
         out["total"] = round(time.perf_counter() - self._t0, 4)
         return out
-
-
-def _resolve_pattern(pattern: str | None, slide: Path) -> Path | None:
-    """Per-slide file from a pattern with ``{stem}``/``{name}``, relative to the slide."""
-    if not pattern:
-        return None
-    p = Path(pattern.format(stem=slide.stem, name=slide.name)).expanduser()
-    return p if p.is_absolute() else slide.parent / p
 
 
 def _overlay_spacing(info: SlideInfo) -> float:
@@ -228,7 +221,7 @@ def run_slide(
                 method=tcfg.method,
                 threshold=tcfg.threshold,
                 min_object_um2=tcfg.min_object_um2,
-                roi=_resolve_pattern(tcfg.roi, slide_path),
+                roi=companion_path(tcfg.roi, slide_path) if tcfg.roi else None,
                 slide_dimensions=info.dimensions,
                 name=info.path,
             )
@@ -293,16 +286,21 @@ def run_slide(
 
     timings = watch.total()
     tiles_per_s = n_done / watch.timings["inference"] if watch.timings["inference"] > 0 else 0.0
+    fingerprint = model_fingerprint(model.spec)
     payload: dict[str, Any] = {
         "wsi_saliency_version": __version__,
         "status": "done",
-        "config_hash": config_hash(config, model.spec.weights_sha256),
+        "config_hash": config_hash(config, fingerprint),
+        "inputs": slide_fingerprint(
+            slide_path, mpp_sidecar=config.slide.mpp_sidecar, roi=config.tissue.roi
+        ),
         "config": to_jsonable(config),
         "model": {
             "name": model.spec.name,
             "architecture": model.spec.architecture,
             "weights_file": model.spec.weights_file,
             "weights_sha256": model.spec.weights_sha256,
+            "fingerprint": fingerprint,
             "class_names": list(model.spec.class_names),
             "tumor_class": model.spec.tumor_class,
             "patch_size": model.spec.patch_size,

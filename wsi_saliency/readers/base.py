@@ -32,6 +32,8 @@ LEVEL_TOLERANCE: Final[float] = 0.002
 
 #: Largest strip (bytes of level pixels) read at once by :meth:`read_at_downsample`.
 _STRIP_BYTES: Final[int] = 16 * 1024 * 1024
+#: Source columns per block when reading a whole slide at a downsample.
+_BLOCK_SRC_PX: Final[int] = 8192
 
 
 @runtime_checkable
@@ -210,18 +212,30 @@ class BaseSlideReader(ABC):
         d = self._info.level_downsamples[level]
         f = downsample / d  # level px per output px
         margin = resample_margin(f)
-        lw = self._info.level_dimensions[level][0]
-        src_x0 = -margin
-        src_w = lw + 2 * margin
-        rows_per_strip = max(1, int(_STRIP_BYTES / (3 * src_w * max(f, 1.0))))
+        # Blocks of about _BLOCK_SRC_PX source columns and enough rows that the filter
+        # margins cost at most half again; memory stays bounded on single-level slides.
+        block_cols = max(1, int(_BLOCK_SRC_PX / max(f, 1.0)))
+        src_block_w = block_cols * f + 2 * margin + 2
+        rows_per_strip = max(
+            math.ceil(4 * margin / f) if margin else 1,
+            int(_STRIP_BYTES / (3 * src_block_w * max(f, 1.0))),
+            1,
+        )
         out = np.empty((rows, cols, 3), dtype=np.uint8)
         for r0 in range(0, rows, rows_per_strip):
             r1 = min(rows, r0 + rows_per_strip)
             v0 = r0 * f
             sy0 = math.floor(v0) - margin
             sy1 = math.ceil(r1 * f) + margin
-            src = self.read_level(level, src_x0, sy0, src_w, sy1 - sy0)
-            out[r0:r1] = resample_window(src, (src_x0, sy0), (0.0, v0), f, (r1 - r0, cols))
+            for c0 in range(0, cols, block_cols):
+                c1 = min(cols, c0 + block_cols)
+                u0 = c0 * f
+                sx0 = math.floor(u0) - margin
+                sx1 = math.ceil(c1 * f) + margin
+                src = self.read_level(level, sx0, sy0, sx1 - sx0, sy1 - sy0)
+                out[r0:r1, c0:c1] = resample_window(
+                    src, (sx0, sy0), (u0, v0), f, (r1 - r0, c1 - c0)
+                )
         return out
 
     def read_at_spacing(self, spacing: float) -> npt.NDArray[np.uint8]:

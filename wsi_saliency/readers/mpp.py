@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from wsi_saliency.errors import ConfigError, MissingMppError
+from wsi_saliency.inputs import companion_path
 from wsi_saliency.types import Mpp
 
 __all__ = [
@@ -81,10 +82,9 @@ def parse_mpp_value(
 
 
 def sidecar_path(slide: Path, pattern: str) -> Path:
-    """The sidecar file for ``slide``: ``pattern`` with ``{stem}``/``{name}`` filled in."""
-    name = pattern.replace("{stem}", slide.stem).replace("{name}", slide.name)
-    p = Path(name)
-    return p if p.is_absolute() else slide.parent / p
+    """The sidecar file for ``slide``: ``pattern`` with ``{stem}``/``{name}`` filled in
+    (:func:`wsi_saliency.inputs.companion_path`; ``x.ome.tif`` has stem ``x``)."""
+    return companion_path(pattern, slide)
 
 
 def read_sidecar(slide: Path, pattern: str | None) -> tuple[float, float] | None:
