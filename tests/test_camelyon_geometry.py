@@ -65,7 +65,7 @@ def test_official_lesion_comes_back_in_regions_geojson(
         tiling=TilingConfig(overlap=0.5),
         inference=InferenceConfig(device="cpu", batch_size=64, workers=2),
     )
-    result = run_slide(slide, load_model(colour_model), cfg, out)
+    result = run_slide(slide, load_model(colour_model, trust_code=True), cfg, out)
     run = json.loads((out / "run.json").read_text())
     assert run["slide"]["mpp"]["source"] == "tiff-resolution"
     assert run["slide"]["mpp"]["x"] == pytest.approx(CAMELYON_MPP, rel=1e-6)

@@ -43,7 +43,7 @@ def worker(monkeypatch: pytest.MonkeyPatch) -> FakeWorker:
 
     fake.configs = seen  # type: ignore[attr-defined]
     monkeypatch.setattr("wsi_saliency.batch._default_run_slide", lambda: wrapped)
-    monkeypatch.setattr("wsi_saliency.cli.run._load_model", lambda path: FakeModel())
+    monkeypatch.setattr("wsi_saliency.cli.run._load_model", lambda path, **kw: FakeModel())
     return fake
 
 
@@ -145,7 +145,7 @@ def test_usage_errors_exit_2_before_any_work(
 def test_model_that_cannot_load_is_a_usage_error(
     tmp_path: Path, worker: FakeWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def bad(path: str | None) -> Any:
+    def bad(path: str | None, **kw: Any) -> Any:
         raise InvalidModelError(f"model folder {path} has no config.json; check --model")
 
     monkeypatch.setattr("wsi_saliency.cli.run._load_model", bad)

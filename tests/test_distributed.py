@@ -72,7 +72,7 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def run_config(model_dir: Path, scheduler: str | None = None) -> RunConfig:
     return RunConfig(
-        model=ModelConfig(path=str(model_dir)),
+        model=ModelConfig(path=str(model_dir), trust_code=True),
         inference=InferenceConfig(device="cpu", batch_size=16, workers=1, scheduler=scheduler),
     )
 
@@ -83,7 +83,8 @@ def local_out(
 ) -> Path:
     """The reference: the three good slides run in this process."""
     out = tmp_path_factory.mktemp("local_out")
-    summary = run_batch(slides[:3], out, run_config(model_dir), load_model(model_dir))
+    model = load_model(model_dir, trust_code=True)
+    summary = run_batch(slides[:3], out, run_config(model_dir), model)
     assert [r.status for r in summary.records] == ["done"] * 3
     return out
 
@@ -140,7 +141,7 @@ def test_cluster_batch_matches_local_isolates_failures_and_resumes(
 ) -> None:
     out = tmp_path / "out"
     cfg = run_config(model_dir, scheduler=cluster.scheduler_address)
-    model = load_model(model_dir)
+    model = load_model(model_dir, trust_code=True)
     summary = run_batch(slides, out, cfg, model)
 
     assert summary.status == "complete"
@@ -183,8 +184,8 @@ def test_cluster_batch_matches_local_isolates_failures_and_resumes(
 def test_worker_with_other_weights_fails_its_slides(
     cluster: Any, slides: list[Path], model_dir: Path, tmp_path: Path
 ) -> None:
-    model = load_model(model_dir)
-    ref = cluster_mod.ModelRef(path=str(model_dir), weights_sha256="0" * 64)
+    model = load_model(model_dir, trust_code=True)
+    ref = cluster_mod.ModelRef(path=str(model_dir), weights_sha256="0" * 64, trust_code=True)
     with pytest.raises(InvalidModelError, match="same model folder"):
         ref.load()
     # a batch whose model hash no worker can match: every slide fails, nothing written
@@ -216,7 +217,7 @@ def test_interrupt_writes_the_summary_and_a_rerun_completes(
 ) -> None:
     out = tmp_path / "out"
     cfg = run_config(model_dir, scheduler=cluster.scheduler_address)
-    model = load_model(model_dir)
+    model = load_model(model_dir, trust_code=True)
     reporter = InterruptOnFirstFinish()
     with pytest.raises(KeyboardInterrupt):
         run_batch(slides[:3], out, cfg, model, reporter=reporter)
@@ -249,6 +250,7 @@ def test_cli_local_scheduler_runs_and_exit_codes(
     common: list[str | Path] = [
         "--model",
         model_dir,
+        "--trust-model-code",
         "--device",
         "cpu",
         "--batch-size",
@@ -302,7 +304,7 @@ def test_unreachable_scheduler_stops_before_any_work(
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         res = invoke(
             "run", slides[0], "--out", tmp_path / "out", "--model", model_dir,
-            "--scheduler", address,
+            "--trust-model-code", "--scheduler", address,
         )  # fmt: skip
     assert res.exit_code == 2, res.output
     assert f"cannot reach the Dask scheduler at {address}" in res.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -22,6 +23,7 @@ from wsi_saliency.models import (
     demo_model_dir,
     load_model,
     parse_config,
+    runs_model_code,
 )
 from wsi_saliency.models.train_demo import layout
 from wsi_saliency.models.weights import sha256_file
@@ -257,7 +259,8 @@ def test_file_and_module_callables(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     d = tmp_path / "m"
     d.mkdir()
     (d / "arch.py").write_text(src)
-    net = build_architecture("arch.py:build", 2, model_dir=d, kwargs={"width": 6})
+    net = build_architecture("arch.py:build", 2, model_dir=d, kwargs={"width": 6},
+                             trust_code=True)
     assert isinstance(net, nn.Sequential)
     assert net[3].out_features == 2 and net[0].out_channels == 6
     # package.module:callable
@@ -265,15 +268,15 @@ def test_file_and_module_callables(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     pkg.mkdir()
     (pkg / "inhouse_arch_mod.py").write_text(src)
     monkeypatch.syspath_prepend(str(pkg))
-    net2 = build_architecture("inhouse_arch_mod:build", 3)
+    net2 = build_architecture("inhouse_arch_mod:build", 3, trust_code=True)
     assert isinstance(net2, nn.Sequential)
     assert net2[3].out_features == 3
     with pytest.raises(InvalidModelError, match="not found"):
-        build_architecture("missing.py:build", 2, model_dir=d)
+        build_architecture("missing.py:build", 2, model_dir=d, trust_code=True)
     with pytest.raises(InvalidModelError, match="defines no 'nope'"):
-        build_architecture("arch.py:nope", 2, model_dir=d)
+        build_architecture("arch.py:nope", 2, model_dir=d, trust_code=True)
     with pytest.raises(InvalidModelError, match="cannot import module"):
-        build_architecture("no_such_module_xyz:build", 2)
+        build_architecture("no_such_module_xyz:build", 2, trust_code=True)
 
 
 def test_file_callable_model_dir_loads(tmp_path: Path) -> None:
@@ -285,11 +288,12 @@ def test_file_callable_model_dir_loads(tmp_path: Path) -> None:
         "    return nn.Sequential(nn.Conv2d(3, width, 3, stride=2), nn.AdaptiveAvgPool2d(1),\n"
         "                         nn.Flatten(), nn.Linear(width, num_classes))\n"
     )
-    net = build_architecture("arch.py:build", 2, model_dir=d, kwargs={"width": 6})
+    net = build_architecture("arch.py:build", 2, model_dir=d, kwargs={"width": 6},
+                             trust_code=True)
     cfg = dict(WSINFER_CONFIG, architecture="arch.py:build", architecture_kwargs={"width": 6})
     (d / "config.json").write_text(json.dumps(cfg))
     save_file(net.state_dict(), str(d / "model.safetensors"))
-    m = load_model(d)
+    m = load_model(d, trust_code=True)
     assert isinstance(m.module, nn.Sequential) and m.module[0].out_channels == 6
 
 
@@ -316,6 +320,169 @@ def test_unknown_architecture_and_timm(monkeypatch: pytest.MonkeyPatch) -> None:
     net = build_architecture("fake_timm_net", 5)
     assert isinstance(net, nn.Linear) and net.out_features == 5
     assert calls == [("fake_timm_net", {"pretrained": False, "num_classes": 5})]
+
+
+# ------------------------------------------------------------------ code in model folders
+
+PAYLOAD_SRC = '''
+from pathlib import Path
+Path({marker!r}).write_text("ran")
+import torch.nn as nn
+
+
+def build(num_classes, width=4):
+    return nn.Sequential(nn.Conv2d(3, width, 3, stride=2), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(width, num_classes))
+'''
+TRUST_HINT = r"load it only if you trust it, with --trust-model-code \(config: model.trust_code"
+
+
+def _payload_model(tmp_path: Path, architecture: str, **config: Any) -> Path:
+    """A model folder whose architecture writes ``tmp_path/PWNED`` when imported or run."""
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "payload.py").write_text(PAYLOAD_SRC.format(marker=str(tmp_path / "PWNED")))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    save_file(net.state_dict(), str(d / "model.safetensors"))
+    cfg = dict(WSINFER_CONFIG, architecture=architecture, **config)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def _user_modules(path: Path) -> list[str]:
+    return [n for n, m in sys.modules.items()
+            if str(getattr(m, "__file__", None) or "").startswith(str(path))]
+
+
+def test_file_callable_refused_without_trust_and_never_imported(tmp_path: Path) -> None:
+    d = _payload_model(tmp_path, "payload.py:build")
+    config_json = re.escape(str(d.resolve() / "config.json"))
+    message = (rf"^{config_json}: architecture 'payload\.py:build' runs Python code from the "
+               rf"model folder; {TRUST_HINT}: true\)$")
+    with pytest.raises(InvalidModelError, match=message):
+        load_model(d)
+    with pytest.raises(InvalidModelError, match=TRUST_HINT):
+        build_architecture("payload.py:build", 2, model_dir=d)
+    assert not (tmp_path / "PWNED").exists()
+    assert _user_modules(d) == []
+    # the user opts in: the file runs and the model loads
+    m = load_model(d, trust_code=True)
+    assert (tmp_path / "PWNED").read_text() == "ran"
+    assert isinstance(m.module, nn.Sequential) and m.module[3].out_features == 2
+
+
+def test_module_callable_refused_without_trust_and_never_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "wsi_payload_mod.py").write_text(
+        PAYLOAD_SRC.format(marker=str(tmp_path / "PWNED")))
+    monkeypatch.syspath_prepend(str(pkg))
+    monkeypatch.delitem(sys.modules, "wsi_payload_mod", raising=False)
+    d = _payload_model(tmp_path, "wsi_payload_mod:build")
+    with pytest.raises(InvalidModelError,
+                       match=r"'wsi_payload_mod:build' runs Python code from module "
+                             rf"'wsi_payload_mod'; {TRUST_HINT}"):
+        load_model(d)
+    assert "wsi_payload_mod" not in sys.modules
+    assert not (tmp_path / "PWNED").exists()
+    assert load_model(d, trust_code=True).spec.architecture == "wsi_payload_mod:build"
+    assert (tmp_path / "PWNED").exists()
+
+
+def test_os_system_in_config_does_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    d = _payload_model(tmp_path, "os:system",
+                       architecture_kwargs={"command": f"touch {marker}"})
+    with pytest.raises(InvalidModelError, match=rf"'os:system' runs Python code from module "
+                                                rf"'os'; {TRUST_HINT}"):
+        load_model(d)
+    assert not marker.exists()
+    # trusted, it is called, and what it returns is still checked to be a network
+    with pytest.raises(InvalidModelError, match="returned int, not a torch.nn.Module"):
+        load_model(d, trust_code=True)
+    assert marker.exists()
+
+
+def test_checkpoint_kwargs_need_trust(tmp_path: Path) -> None:
+    for kwargs in ({"checkpoint_path": "/tmp/evil.pth"}, {"pretrained": True},
+                   {"pretrained_cfg_overlay": {"file": "/tmp/evil.pth"}}):
+        with pytest.raises(InvalidModelError, match=f"{sorted(kwargs)}.*{TRUST_HINT}"):
+            build_architecture("timm/vit_tiny_patch16_224", 2, kwargs=kwargs)
+        with pytest.raises(InvalidModelError, match=TRUST_HINT):
+            build_architecture("resnet18", 2, kwargs=kwargs)
+
+
+def test_named_and_torchscript_models_need_no_trust(tmp_path: Path) -> None:
+    assert runs_model_code("payload.py:build") and runs_model_code("os:system")
+    assert not any(runs_model_code(n) for n in ("demo_cnn", "resnet18", "timm/resnet18"))
+    assert load_model(None).spec.architecture == "demo_cnn"
+    # a TorchScript archive never builds the named architecture, so it is not run
+    marker = tmp_path / "PWNED"
+    d = _payload_model(tmp_path, "os:system", architecture_kwargs={"command": f"touch {marker}"})
+    (d / "model.safetensors").unlink()
+    with pytest.warns(FutureWarning):
+        traced = torch.jit.trace(DemoCNN().eval(), torch.zeros(1, 3, 224, 224))
+    traced.save(str(d / "torchscript_model.pt"))
+    assert load_model(d).spec.torchscript
+    assert not marker.exists()
+
+
+def _cli(*args: str | Path) -> Any:
+    from click.testing import CliRunner
+
+    from wsi_saliency.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def colour_payload(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(model dir of the colour model whose file writes PWNED, a small slide, PWNED)."""
+    from _colour_model import write_colour_model
+
+    from wsi_saliency import synthetic
+
+    d = write_colour_model(tmp_path / "model", 64)
+    marker = tmp_path / "PWNED"
+    code = (d / "colour_model.py").read_text()
+    (d / "colour_model.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n{code}")
+    slide = synthetic.SyntheticSlide(
+        width=768, height=512, mpp=0.5,
+        tissue=(((50.0, 50.0), (700.0, 60.0), (690.0, 460.0), (60.0, 450.0)),),
+        tumour=(((200.0, 150.0), (450.0, 160.0), (440.0, 380.0), (210.0, 370.0)),),
+        seed=7,
+    )
+    (tmp_path / "in").mkdir()
+    path = synthetic.write_slide(slide, tmp_path / "in" / "s.svs")
+    return d, path, marker
+
+
+def test_cli_run_refuses_model_code_without_the_flag(
+    tmp_path: Path, colour_payload: tuple[Path, Path, Path]
+) -> None:
+    model, slide, marker = colour_payload
+    out = tmp_path / "out"
+    common = [slide, "--out", out, "--model", model, "--device", "cpu", "--workers", "0", "-q"]
+    res = _cli("run", *common)
+    assert res.exit_code == 2, res.output
+    assert "architecture 'colour_model.py:build' runs Python code from the model folder" in (
+        res.output)
+    assert "--trust-model-code" in res.output
+    assert not marker.exists()
+    assert not out.exists() or list(out.rglob("*")) == []
+    res = _cli("layers", model)
+    assert res.exit_code == 1 and "--trust-model-code" in res.output and not marker.exists()
+    # opting in runs it
+    res = _cli("run", *common, "--trust-model-code")
+    assert res.exit_code == 0, res.output
+    assert marker.exists()
+    assert (out / "s" / "run.json").is_file() and (out / "s" / "tiles.csv").is_file()
+    res = _cli("layers", model, "--trust-model-code")
+    assert res.exit_code == 0 and "* default layer: down4" in res.output
 
 
 # ------------------------------------------------------------------ the demo model

@@ -203,10 +203,13 @@ class ModelRef:
         Absolute model directory; None is the bundled demo model.
     weights_sha256
         The weights hash the batch was started with.
+    trust_code
+        Whether the model folder may run its own Python code (``model.trust_code``).
     """
 
     path: str | None
     weights_sha256: str
+    trust_code: bool = False
 
     @classmethod
     def of(cls, model: Any, config: RunConfig) -> ModelRef:
@@ -227,7 +230,11 @@ class ModelRef:
         path = None
         if config.model.path is not None:
             path = str(getattr(spec, "source", "") or os.path.abspath(config.model.path))
-        return cls(path=path, weights_sha256=str(spec.weights_sha256))
+        return cls(
+            path=path,
+            weights_sha256=str(spec.weights_sha256),
+            trust_code=bool(config.model.trust_code),
+        )
 
     def load(self) -> LoadedModel:
         """Load the model and check its weights hash.
@@ -243,7 +250,7 @@ class ModelRef:
         """
         from wsi_saliency.models import load_model
 
-        model = load_model(self.path)
+        model = load_model(self.path, trust_code=self.trust_code)
         got = model.spec.weights_sha256
         if got != self.weights_sha256:
             where = self.path or "the bundled demo model"

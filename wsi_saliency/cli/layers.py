@@ -19,7 +19,13 @@ __all__ = ["layers"]
     is_flag=True,
     help="Also list modules that are not feature maps or run more than once.",
 )
-def layers(model_dir: Path | None, show_all: bool) -> None:
+@click.option(
+    "--trust-model-code",
+    is_flag=True,
+    help="Let the model folder run its own Python code ('file.py:callable' or "
+    "'package.module:callable' architectures). Only for model folders you trust.",
+)
+def layers(model_dir: Path | None, show_all: bool, trust_model_code: bool) -> None:
     """List candidate saliency layers of MODEL_DIR (default: the bundled demo model).
 
     For each module that outputs a (C, h, w) feature map once per forward pass at the
@@ -31,7 +37,7 @@ def layers(model_dir: Path | None, show_all: bool) -> None:
     from wsi_saliency.saliency.layers import default_layer, list_layers
 
     try:
-        model = load_model(model_dir)
+        model = load_model(model_dir, trust_code=trust_model_code)
         infos = list_layers(model, candidates_only=False)
         default = model.spec.saliency_layer or default_layer(infos)
     except WsiSaliencyError as exc:

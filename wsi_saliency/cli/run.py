@@ -81,10 +81,10 @@ def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _load_model(path: str | None) -> LoadedModel:
+def _load_model(path: str | None, *, trust_code: bool = False) -> LoadedModel:
     from wsi_saliency.models import load_model
 
-    return load_model(path)
+    return load_model(path, trust_code=trust_code)
 
 
 @contextlib.contextmanager
@@ -171,7 +171,7 @@ def execute_batch(
             from wsi_saliency.cluster import require_distributed
 
             require_distributed()
-        model = _load_model(config.model.path)
+        model = _load_model(config.model.path, trust_code=config.model.trust_code)
     except (WsiSaliencyError, OSError) as exc:
         raise UsageFailure(str(exc)) from exc
     reporter = ProgressReporter(enabled=progress_enabled(quiet=quiet, log_format=log_format))
@@ -208,6 +208,13 @@ def _target(value: str | None) -> str | int | None:
     help="YAML run configuration; command-line options override it.",
 )
 @click.option("--model", "-m", default=None, help="Model directory [default: bundled demo model].")
+@click.option(
+    "--trust-model-code",
+    is_flag=True,
+    default=None,
+    help="Let the model folder run its own Python code ('file.py:callable' or "
+    "'package.module:callable' architectures). Only for model folders you trust.",
+)
 @click.option("--layer", default=None, help="Layer explained [default: the model's].")
 @click.option("--method", type=click.Choice(METHODS), default=None, help="Saliency method.")
 @click.option("--smoothing", type=click.Choice(SMOOTHINGS), default=None, help="Smoothing hooks.")
@@ -248,6 +255,7 @@ def run(
     out: Path,
     config_path: Path | None,
     model: str | None,
+    trust_model_code: bool | None,
     layer: str | None,
     method: str | None,
     smoothing: str | None,
@@ -282,6 +290,7 @@ def run(
     overrides: dict[str, Any] = parse_set_options(sets)
     options: dict[str, Any] = {
         "model.path": model,
+        "model.trust_code": trust_model_code,
         "model.layer": layer,
         "model.method": method,
         "model.smoothing": smoothing,

@@ -3,14 +3,21 @@
 An architecture name in a model's ``config.json`` is resolved in this order:
 
 1. ``"file.py:callable"``: a Python file relative to the model directory (in-house
-   models; the file is executed, so only use model directories you trust);
-2. ``"package.module:callable"``: an importable module;
+   models; the file is executed);
+2. ``"package.module:callable"``: an importable module (imported, then called);
 3. ``"torchvision/NAME"`` or ``"timm/NAME"``: that library explicitly;
 4. a bare name: the project's own CNNs (:data:`ARCHITECTURES`), then torchvision's
    classification models, then timm's, whichever of those optional packages is installed.
 
 Every builder is called with ``num_classes`` (when it accepts it) plus the config's
 ``architecture_kwargs``; no pretrained weights are ever downloaded.
+
+Forms 1 and 2 run code named by the model folder, so a ``config.json`` alone could run
+anything (``"os:system"``). They are refused, before anything is imported, unless the
+caller passes ``trust_code=True`` (``--trust-model-code``, config
+``model.trust_code: true``). Likewise timm's ``checkpoint_path`` and ``pretrained*``
+keyword arguments (they read a pickled checkpoint or download weights). Named
+architectures (forms 3 and 4) need no trust.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ __all__ = [
     "ConvBlock",
     "DemoCNN",
     "build_architecture",
+    "runs_model_code",
 ]
 
 
@@ -102,6 +110,59 @@ ARCHITECTURES: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
     }
 )
 """The project's own architectures, by the name used in ``config.json``."""
+
+
+def runs_model_code(name: str) -> bool:
+    """Whether an architecture name runs code from outside the package's registries.
+
+    Parameters
+    ----------
+    name
+        The ``architecture`` value of a ``config.json``.
+
+    Returns
+    -------
+    bool
+        True for ``"file.py:callable"`` and ``"package.module:callable"`` (they import
+        and call code the model folder names); False for the project's own, torchvision
+        and timm names.
+    """
+    return ":" in name
+
+
+_TIMM_UNSAFE_KWARGS = ("checkpoint_path", "pretrained")
+"""timm ``create_model`` arguments that read a (pickled) checkpoint or download weights."""
+
+
+def _untrusted(what: str, model_dir: Path | None) -> InvalidModelError:
+    where = f"{model_dir / 'config.json'}: " if model_dir is not None else ""
+    return InvalidModelError(
+        f"{where}{what}; load it only if you trust it, with --trust-model-code "
+        "(config: model.trust_code: true)"
+    )
+
+
+def _check_trust(name: str, kwargs: Mapping[str, Any], model_dir: Path | None,
+                 trust_code: bool) -> None:
+    """Refuse, before anything is imported, an architecture that would run foreign code."""
+    if trust_code:
+        return
+    if runs_model_code(name):
+        left = name.rpartition(":")[0]
+        source = (
+            "Python code from the model folder" if left.endswith(".py")
+            else f"Python code from module {left!r}"
+        )
+        raise _untrusted(f"architecture {name!r} runs {source}", model_dir)
+    unsafe = sorted(k for k in kwargs if k.startswith(_TIMM_UNSAFE_KWARGS))
+    if unsafe:
+        # timm (which a bare name may resolve to) would load a pickled checkpoint, or
+        # download one, for these: unpickling runs code.
+        raise _untrusted(
+            f"architecture {name!r}: architecture_kwargs {unsafe} would load a checkpoint "
+            "other than the model's weights file (unpickling it can run code)",
+            model_dir,
+        )
 
 
 def _call_builder(builder: Callable[..., Any], num_classes: int, kwargs: Mapping[str, Any],
@@ -211,6 +272,7 @@ def build_architecture(
     *,
     model_dir: str | Path | None = None,
     kwargs: Mapping[str, Any] | None = None,
+    trust_code: bool = False,
 ) -> nn.Module:
     """Build an untrained network from an architecture name.
 
@@ -226,6 +288,10 @@ def build_architecture(
         Directory that ``file.py`` references are relative to.
     kwargs
         Extra keyword arguments for the builder (``architecture_kwargs`` in config.json).
+    trust_code
+        Allow ``"file.py:callable"`` and ``"package.module:callable"`` (and timm's
+        ``checkpoint_path`` / ``pretrained*`` arguments), which run code the model folder
+        names. Without it they are refused before anything is imported or executed.
 
     Returns
     -------
@@ -235,10 +301,13 @@ def build_architecture(
     Raises
     ------
     InvalidModelError
-        The name resolves to nothing, or the library it needs is not installed.
+        The name resolves to nothing, or the library it needs is not installed; the name
+        runs code from the model folder or a module and ``trust_code`` is False; the
+        builder does not return a ``torch.nn.Module``.
     """
     extra: Mapping[str, Any] = kwargs or {}
     directory = Path(model_dir) if model_dir is not None else None
+    _check_trust(name, extra, directory, trust_code)
     if ":" in name:
         left = name.rpartition(":")[0]
         if left.endswith(".py"):

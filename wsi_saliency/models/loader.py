@@ -65,8 +65,15 @@ def _check_state_dict(module: nn.Module, state: dict[str, object], path: Path) -
             )
 
 
-def load_model(model_dir: str | Path | None = None) -> LoadedModel:
+def load_model(model_dir: str | Path | None = None, *, trust_code: bool = False) -> LoadedModel:
     """Load a model directory.
+
+    Loading runs no code from the folder unless ``trust_code`` is True: weights are
+    safetensors or ``weights_only`` state dicts, and an ``architecture`` that would import
+    Python code (``"file.py:callable"``, ``"package.module:callable"``) is refused before
+    anything is imported. A TorchScript archive is loaded with :func:`torch.jit.load`,
+    which runs TorchScript (not arbitrary Python) but is not a sandbox: use archives you
+    trust.
 
     Parameters
     ----------
@@ -76,6 +83,10 @@ def load_model(model_dir: str | Path | None = None) -> LoadedModel:
         (``model.safetensors`` preferred; a state-dict ``.pt``/``.pth`` loaded with
         ``weights_only=True``; or a TorchScript archive for prediction only).
         ``None`` loads the bundled demo model.
+    trust_code
+        Allow the model directory to run its own Python code (an ``architecture`` of
+        ``"file.py:callable"`` or ``"package.module:callable"``): ``--trust-model-code``,
+        config ``model.trust_code``. Named architectures never need it.
 
     Returns
     -------
@@ -86,8 +97,10 @@ def load_model(model_dir: str | Path | None = None) -> LoadedModel:
     Raises
     ------
     InvalidModelError
-        Missing directory, config or weights; invalid config; weights that do not fit
-        the architecture; a ``saliency_layer`` that is not a module of the network.
+        Missing directory, config or weights; invalid config; an architecture that runs
+        code from the model folder or a module while ``trust_code`` is False (nothing of
+        it is imported); weights that do not fit the architecture; a ``saliency_layer``
+        that is not a module of the network.
     UnsafeWeightsError
         A pickled weights file that would run code; nothing in it is executed.
     """
@@ -106,7 +119,7 @@ def load_model(model_dir: str | Path | None = None) -> LoadedModel:
     else:
         module = build_architecture(
             spec.architecture, spec.num_classes, model_dir=directory,
-            kwargs=spec.architecture_kwargs,
+            kwargs=spec.architecture_kwargs, trust_code=trust_code,
         )
         state = load_state_dict(weights)
         _check_state_dict(module, state, weights)  # type: ignore[arg-type]

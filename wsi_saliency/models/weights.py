@@ -105,7 +105,11 @@ def is_torchscript(path: str | Path) -> bool:
 
 
 def load_torchscript(path: str | Path) -> torch.nn.Module:
-    """Load a TorchScript archive on the CPU (prediction only)."""
+    """Load a TorchScript archive on the CPU (prediction only).
+
+    :func:`torch.jit.load` runs the archive's TorchScript, not arbitrary Python, but it is
+    not a sandbox: only load archives you trust.
+    """
     try:
         with warnings.catch_warnings():  # torch >= 2.9 marks torch.jit.load as deprecated
             warnings.simplefilter("ignore", FutureWarning)
