@@ -338,7 +338,7 @@ def test_all_done_summary_and_layout(tmp_path: Path) -> None:
     assert summary.exit_code == EXIT_OK
     assert worker.calls == ["a.svs", "b.svs", "a.svs"]
     assert sorted(p.name for p in out.iterdir()) == ["a__in", "a__other", "b", SUMMARY_NAME]
-    assert (out / "b" / "tiles.csv").read_text().splitlines()[1] == "B,layer2,gradient"
+    assert (out / "b" / "tiles.csv").read_text().splitlines()[1] == "B,layer2,gradient-x-activation"
     assert leftovers(out) == []
     data = summary_of(out)
     assert data["status"] == "complete" and data["exit_code"] == 0
@@ -847,3 +847,14 @@ def test_commit_puts_the_older_result_back_when_the_new_one_cannot_move_in(
         batch_mod._commit(work, final, "a")
     assert (final / "run.json").is_file()
     assert not any(p.name.startswith(".trash-") for p in tmp_path.iterdir())
+
+
+def test_outputs_of_earlier_runs_are_not_slides(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    make_slides(root, {"s1.svs": b"A"})
+    earlier = root / "results" / "s1"
+    earlier.mkdir(parents=True)
+    (earlier / "run.json").write_text("{}")
+    (earlier / "probability.ome.tif").write_bytes(b"II*\0")
+    (earlier / "saliency.ome.tif").write_bytes(b"II*\0")
+    assert [p.name for p in discover_slides([root])] == ["s1.svs"]

@@ -44,6 +44,9 @@ def worker(monkeypatch: pytest.MonkeyPatch) -> FakeWorker:
     fake.configs = seen  # type: ignore[attr-defined]
     monkeypatch.setattr("wsi_saliency.batch._default_run_slide", lambda: wrapped)
     monkeypatch.setattr("wsi_saliency.cli.run._load_model", lambda path, **kw: FakeModel())
+    # the fake model has no network for the pre-flight check (tested with the real model
+    # in test_bad_model_dependent_values_are_usage_errors_before_any_work)
+    monkeypatch.setattr("wsi_saliency.cli.run._check_run", lambda *a, **kw: None)
     return fake
 
 
@@ -519,3 +522,37 @@ def test_e2e_demo_writes_every_output_without_network(
         assert str(out / "demo" / name) in res.stdout
     assert (out / "slides" / "demo.svs").is_file()
     assert temp_items(out) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--overlap", "0.3"], "use e.g. --overlap"),
+        (["--layer", "layer9"], "layer9"),
+        (["--target", "cancer"], "cancer"),
+        (["--device", "cuda"], "CUDA is not available"),
+    ],
+)
+def test_bad_model_dependent_values_are_usage_errors_before_any_work(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """Values only the model can check stop the run once, before any slide is read and
+    before the output folder exists (not once per slide)."""
+    slide = tmp_path / "in" / "a.svs"
+    slide.parent.mkdir()
+    slide.write_bytes(b"not read: the run stops before")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["run", str(slide), "--out", str(out), "-q", *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert len([ln for ln in res.output.strip().splitlines() if ln.strip()]) == 1
+    assert not out.exists()
+
+
+def test_usage_errors_leave_no_output_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for inputs in ([str(tmp_path / "empty")], [str(tmp_path / "missing.svs")]):
+        out = tmp_path / "out"
+        res = CliRunner().invoke(cli, ["run", *inputs, "--out", str(out), "-q"])
+        assert res.exit_code == 2, res.output
+        assert not out.exists()

@@ -145,11 +145,16 @@ def _inside(path: Path, parents: Iterable[Path]) -> bool:
     return any(path == p or p in path.parents for p in parents)
 
 
+def _is_output_folder(path: Path) -> bool:
+    """A slide output folder of an earlier run (its OME-TIFF heatmaps are no slides)."""
+    return path.name.lower().endswith(".ome.zarr") or (path / "run.json").is_file()
+
+
 def _walk_folder(folder: Path, exclude: Sequence[Path]) -> list[Path]:
     """Slides under ``folder``: recursive, sorted, hidden entries and excluded trees skipped.
 
     An ``X.mrxs`` file's data folder ``X/`` is not searched (its files belong to the
-    slide). A folder holding ``.dcm`` files is one DICOM slide, represented by its
+    slide), nor are output folders of earlier runs (holding ``run.json``). A folder holding ``.dcm`` files is one DICOM slide, represented by its
     first ``.dcm`` file in name order.
     """
     found: list[Path] = []
@@ -171,6 +176,7 @@ def _walk_folder(folder: Path, exclude: Sequence[Path]) -> list[Path]:
             for d in dirnames
             if not _is_hidden(d)
             and d not in mrxs_stems
+            and not _is_output_folder(here / d)
             and not _inside(Path(os.path.abspath(here / d)), exclude)
         )
         files = sorted(f for f in filenames if not _is_hidden(f))

@@ -145,8 +145,10 @@ class ModelConfig:
     layer
         Module path of the explained layer; ``None`` is the model's ``saliency_layer``.
     method
-        ``gradient``, ``gradient-x-activation``, ``integrated-gradients``, ``deeplift``
-        or ``grad-cam``.
+        ``gradient-x-activation`` (default: signed evidence for the target class where
+        the tissue is), ``gradient`` (what would raise the target logit; with a
+        near-linear head it hardly depends on the tile), ``integrated-gradients``,
+        ``deeplift`` or ``grad-cam``.
     smoothing
         ``none``, ``backward-hook`` or ``forward-hook``.
     target
@@ -159,7 +161,7 @@ class ModelConfig:
 
     path: str | None = None
     layer: str | None = None
-    method: str = "gradient"
+    method: str = "gradient-x-activation"
     smoothing: str = "backward-hook"
     target: str | int | None = None
     trust_code: bool = False

@@ -67,6 +67,7 @@ __all__ = [
     "Stitcher",
     "TileStats",
     "blend_window",
+    "check_tile_geometry",
     "heatmap_pixel_size",
 ]
 
@@ -140,23 +141,56 @@ def heatmap_pixel_size(grid: TileGrid, map_shape: tuple[int, int]) -> float:
     return float(grid.spacing) * int(grid.tile_size) / mh
 
 
-def _check_stride(grid: TileGrid, m: int) -> int:
-    """Return the stride in heatmap pixels or raise a ConfigError naming valid overlaps."""
-    tile = int(grid.tile_size)
-    stride = int(grid.stride)
+def _stride_in_map_px(tile: int, stride: int, overlap: float, m: int) -> int:
+    """The stride in heatmap pixels, or a ConfigError naming valid overlaps."""
     unit = tile // math.gcd(tile, m)  # smallest stride (tile px) landing on whole map px
     if stride <= 0 or (stride * m) % tile != 0:
         q = tile // unit  # valid overlaps are the multiples j / q, j = 0 .. q - 1
         valid = [j / q for j in range(q)]
-        nearest = sorted(valid, key=lambda o: (abs(o - float(grid.overlap)), o))[:2]
+        nearest = sorted(valid, key=lambda o: (abs(o - float(overlap)), o))[:2]
         examples = [o for o in (0.0, 0.5) if o in valid]
         shown = ", ".join(f"{o:.4g}" for o in sorted(set(nearest + examples)))
         raise ConfigError(
-            f"tile stride {stride} px (tile_size {tile}, overlap {grid.overlap:g}) does not land "
+            f"tile stride {stride} px (tile_size {tile}, overlap {overlap:g}) does not land "
             f"on whole heatmap pixels of a {m}x{m} map: the stride must be a multiple of "
-            f"{unit} px, i.e. the overlap a multiple of 1/{q}; use e.g. overlap {shown}"
+            f"{unit} px, i.e. the overlap a multiple of 1/{q}; use e.g. --overlap "
+            f"(tiling.overlap) {shown}"
         )
     return stride * m // tile
+
+
+def _check_stride(grid: TileGrid, m: int) -> int:
+    """Return the stride in heatmap pixels or raise a ConfigError naming valid overlaps."""
+    return _stride_in_map_px(int(grid.tile_size), int(grid.stride), float(grid.overlap), m)
+
+
+def check_tile_geometry(tile_size: int, overlap: float, map_shape: tuple[int, int]) -> None:
+    """Check before any slide is read that tiles will stitch onto whole heatmap pixels.
+
+    Parameters
+    ----------
+    tile_size
+        Tile size in pixels.
+    overlap
+        Tile overlap fraction; the stride is ``round(tile_size * (1 - overlap))`` as in
+        :class:`~wsi_saliency.types.TileGrid`.
+    map_shape
+        ``(h, w)`` of the per-tile saliency map.
+
+    Raises
+    ------
+    ConfigError
+        A non-square map, or an overlap whose stride misses whole heatmap pixels (the
+        message lists valid overlaps).
+    """
+    mh, mw = (int(v) for v in map_shape)
+    if mh <= 0 or mw <= 0 or mh != mw:
+        raise ConfigError(
+            f"saliency map shape {map_shape} is not square: heatmap pixels must be square; "
+            "pick a layer whose feature map is square for square tiles"
+        )
+    stride = round(tile_size * (1 - overlap))
+    _stride_in_map_px(int(tile_size), int(stride), float(overlap), mh)
 
 
 @dataclass(frozen=True, eq=False)

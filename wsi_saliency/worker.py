@@ -26,13 +26,14 @@ import torch
 
 from wsi_saliency import __version__
 from wsi_saliency.config import RunConfig, config_hash, resolve_model_defaults
+from wsi_saliency.errors import ConfigError
 from wsi_saliency.inputs import companion_path, model_fingerprint, slide_fingerprint
 from wsi_saliency.models import LoadedModel
 from wsi_saliency.prefetch import iter_tile_batches
 from wsi_saliency.readers import SlideReader, open_slide
 from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.saliency.engine import resolve_device
-from wsi_saliency.stitch import Stitcher
+from wsi_saliency.stitch import BLENDS, Stitcher, check_tile_geometry
 from wsi_saliency.tiling import make_grid, read_tiles
 from wsi_saliency.tissue import mask_from_thumbnail, save_tissue_png, thumbnail_at_spacing
 from wsi_saliency.types import BatchResult, SlideInfo, TileGrid
@@ -45,7 +46,7 @@ from wsi_saliency.writers import (
 )
 from wsi_saliency.writers.run_meta import to_jsonable
 
-__all__ = ["SlideResult", "run_slide"]
+__all__ = ["SlideResult", "check_run", "run_slide"]
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,54 @@ def _tile_batches(
     )
 
 
+def _engine(model: LoadedModel, config: RunConfig, device: torch.device) -> SaliencyEngine:
+    return SaliencyEngine(
+        model,
+        layer=config.model.layer,
+        method=config.model.method,
+        smoothing=config.model.smoothing,
+        device=device,
+        autocast=config.inference.autocast,
+        target=config.model.target,
+    )
+
+
+def check_run(model: LoadedModel, config: RunConfig) -> SaliencyEngine:
+    """Check everything a run can check without a slide, before any slide is read.
+
+    Builds the saliency engine (device, layer, method, smoothing, target; a TorchScript
+    model asked for saliency) and checks that tiles of the configured size and overlap
+    stitch onto whole heatmap pixels of the layer's map. A batch calls this once, so a
+    bad value is one usage error instead of the same failure on every slide.
+
+    Parameters
+    ----------
+    model
+        The loaded classifier.
+    config
+        The run configuration.
+
+    Returns
+    -------
+    SaliencyEngine
+        The engine (the model is now on its device, in eval mode).
+
+    Raises
+    ------
+    WsiSaliencyError
+        ``ConfigError``, ``LayerNotFoundError``, ``SaliencyUnsupportedError``, ...
+    """
+    config = resolve_model_defaults(config, model.spec)
+    assert config.tiling.tile_size is not None
+    if config.output.blend not in BLENDS:
+        raise ConfigError(
+            f"output.blend {config.output.blend!r} is not one of {', '.join(BLENDS)}"
+        )
+    engine = _engine(model, config, resolve_device(config.inference.device))
+    check_tile_geometry(config.tiling.tile_size, config.tiling.overlap, engine.map_shape)
+    return engine
+
+
 def run_slide(
     path: str | Path,
     model: LoadedModel,
@@ -234,15 +283,7 @@ def run_slide(
                 overlap=config.tiling.overlap,
                 min_tissue=config.tiling.min_tissue,
             )
-        engine = SaliencyEngine(
-            model,
-            layer=config.model.layer,
-            method=config.model.method,
-            smoothing=config.model.smoothing,
-            device=device,
-            autocast=config.inference.autocast,
-            target=config.model.target,
-        )
+        engine = _engine(model, config, device)
         scratch = out_dir / ".scratch.zarr"
         stitcher = Stitcher(
             scratch,

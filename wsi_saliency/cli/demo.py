@@ -101,6 +101,7 @@ def demo(
             quiet=quiet,
             log_format=log_format,
             yaml_dict=demo_config(),
+            demo=True,
         )
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import signal
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -81,6 +83,18 @@ def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _check_run(model: LoadedModel, config: RunConfig, *, demo: bool = False) -> None:
+    """Usage errors a slide would only find later (layer, target, device, overlap)."""
+    from wsi_saliency.worker import check_run
+
+    check_run(model, config)
+    if config.model.path is None and not demo:
+        logging.getLogger("wsi_saliency").warning(
+            "using the bundled demo model: it was trained on generated slides only and is not "
+            "a medical model; its outputs on real slides mean nothing (pass --model)"
+        )
+
+
 def _load_model(path: str | None, *, trust_code: bool = False) -> LoadedModel:
     from wsi_saliency.models import load_model
 
@@ -130,6 +144,7 @@ def execute_batch(
     quiet: bool,
     log_format: str,
     yaml_dict: Mapping[str, Any] | None = None,
+    demo: bool = False,
 ) -> tuple[BatchSummary, RunConfig]:
     """Validate everything, load the model once, then run the batch.
 
@@ -149,6 +164,8 @@ def execute_batch(
         Control the progress bars.
     yaml_dict
         A configuration mapping used instead of reading ``yaml_path``.
+    demo
+        The demo runs the demo model on its own slide: no warning about it.
 
     Returns
     -------
@@ -165,13 +182,15 @@ def execute_batch(
         if yaml_dict is None:
             yaml_dict = load_config(yaml_path) if yaml_path is not None else {}
         config = build_config(yaml_dict, overrides, source=yaml_path)
-        out_dir = prepare_output_dir(out)
-        slides = discover_slides(inputs, exclude=[out_dir])
+        slides = discover_slides(inputs, exclude=[Path(os.path.abspath(out))])
         if config.inference.scheduler is not None:
             from wsi_saliency.cluster import require_distributed
 
             require_distributed()
         model = _load_model(config.model.path, trust_code=config.model.trust_code)
+        _check_run(model, config, demo=demo)
+        # only now, when nothing else can be wrong, is the output folder created
+        out_dir = prepare_output_dir(out)
     except (WsiSaliencyError, OSError) as exc:
         raise UsageFailure(str(exc)) from exc
     reporter = ProgressReporter(enabled=progress_enabled(quiet=quiet, log_format=log_format))
