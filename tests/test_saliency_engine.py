@@ -350,3 +350,17 @@ def test_torchscript_model_refuses_saliency(tmp_path: object) -> None:
     assert probs.shape == (2, 2)
     with pytest.raises(SaliencyUnsupportedError):
         eng.run(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+def test_strided_convs_after_follow_the_gradient_path() -> None:
+    """ResNet's downsample branch runs after conv1 but is parallel to it: the hooks that
+    act on a layer's gradient are the strided convolutions fed by that layer."""
+    tvm = pytest.importorskip("torchvision.models")
+    from wsi_saliency.saliency.layers import trace_layers
+
+    after = {i.name: i.strided_convs_after for i in trace_layers(tvm.resnet18().eval(), 224)}
+    # strided: conv1, and conv1 + downsample.0 of layer2.0, layer3.0 and layer4.0
+    assert after["conv1"] == 6 and after["layer1"] == 6
+    assert after["layer2.0.conv1"] == 4  # layer3/4 convs only, not its own downsample
+    assert after["layer2.0.downsample.0"] == 4
+    assert after["layer2"] == 4 and after["layer3"] == 2 and after["layer4"] == 0

@@ -99,6 +99,9 @@ def trace_layers(module: nn.Module, input_size: int) -> list[LayerInfo]:
     kinds: dict[str, str] = {}
     conv_starts: list[int] = []
 
+    conv_inputs: list[Any] = []  # autograd node of each strided convolution's input
+    out_nodes: dict[str, Any] = {}  # autograd node of each module's output
+
     def pre(name: str, m: nn.Module) -> Any:
         def hook(_m: nn.Module, _args: Any) -> None:
             counter[0] += 1
@@ -106,6 +109,8 @@ def trace_layers(module: nn.Module, input_size: int) -> list[LayerInfo]:
             calls[name] = calls.get(name, 0) + 1
             if _is_strided_conv(m):
                 conv_starts.append(counter[0])
+                x = _args[0] if _args else None
+                conv_inputs.append(x.grad_fn if isinstance(x, torch.Tensor) else None)
 
         return hook
 
@@ -113,6 +118,8 @@ def trace_layers(module: nn.Module, input_size: int) -> list[LayerInfo]:
         def hook(_m: nn.Module, _args: Any, out: Any) -> None:
             counter[0] += 1
             ends[name] = counter[0]
+            if isinstance(out, torch.Tensor):
+                out_nodes[name] = out.grad_fn
             if isinstance(out, torch.Tensor) and out.ndim == 4:
                 shapes[name] = (int(out.shape[1]), int(out.shape[2]), int(out.shape[3]))
             else:
@@ -129,8 +136,12 @@ def trace_layers(module: nn.Module, input_size: int) -> list[LayerInfo]:
             handles.append(m.register_forward_pre_hook(pre(name, m)))
             handles.append(m.register_forward_hook(post(name)))
         device, dtype = _module_device_dtype(module)
-        with torch.no_grad():
-            module(torch.zeros(1, 3, input_size, input_size, device=device, dtype=dtype))
+        # with a graph, so that "strided convolutions after a layer" follows the gradient
+        # path (a ResNet's parallel downsample branch does not come after conv1)
+        x = torch.zeros(1, 3, input_size, input_size, device=device, dtype=dtype)
+        with torch.enable_grad():
+            module(x.requires_grad_(True))
+        ancestors = [_ancestors(node) for node in conv_inputs]
     finally:
         for h in handles:
             h.remove()
@@ -147,12 +158,36 @@ def trace_layers(module: nn.Module, input_size: int) -> list[LayerInfo]:
                 shape=shape,
                 stride=stride,
                 calls=calls.get(name, 0),
-                strided_convs_after=sum(1 for s in conv_starts if s > ends[name]),
+                strided_convs_after=_convs_after(
+                    out_nodes.get(name), ancestors, conv_starts, ends[name]
+                ),
                 order=ends[name],
                 start=starts[name],
             )
         )
     return infos
+
+
+def _ancestors(node: Any) -> set[int]:
+    """Ids of every autograd node the given node depends on (itself included)."""
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        stack.extend(nxt for nxt, _ in getattr(n, "next_functions", ()))
+    return seen
+
+
+def _convs_after(
+    node: Any, ancestors: list[set[int]], conv_starts: list[int], end: int
+) -> int:
+    """Strided convolutions whose input depends on ``node`` (execution order if unknown)."""
+    if node is None:
+        return sum(1 for s in conv_starts if s > end)
+    return sum(1 for a in ancestors if id(node) in a)
 
 
 def get_layer(module: nn.Module, name: str) -> nn.Module:
