@@ -88,6 +88,7 @@ def test_tiles_writes_outputs(rect_svs: Path, demo_svs: Path, tmp_path: Path) ->
             assert ring[2][0] - ring[0][0] == pytest.approx(224.0)  # 224 px at 0.5 on 0.5 um/px
         png = np.asarray(Image.open(folder / "tissue.png"))
         assert png.ndim == 3 and png.shape[2] == 3
+        assert 1024 <= max(png.shape[:2]) <= 2048  # small thumbnails are enlarged
     # rect: tissue [512,1536) x [384,1152) dilated by ~32 px: a 5 x 4 block of 224 px tiles
     gj = json.loads((out / rect_svs.stem / "tiles.geojson").read_text())
     assert 20 <= len(gj["features"]) <= 30
@@ -207,3 +208,53 @@ def test_duplicate_stems(rect_svs: Path, tmp_path: Path) -> None:
     other.write_bytes(rect_svs.read_bytes())
     code, _, stderr = _run(str(rect_svs), str(other), "--out", str(tmp_path / "o"))
     assert code == 1 and "same name stem" in stderr
+
+
+def test_tiny_white_slide_is_too_small_not_tissueless(
+    slide_factory: SlideFactory, tmp_path: Path
+) -> None:
+    """The size check comes before tissue detection (a blank 96 px slide has no tissue)."""
+    blank = slide_factory(synthetic.SyntheticSlide(width=96, height=80, mpp=0.5), kind="tiff")
+    with pytest.raises(SlideTooSmallError) as ei:
+        tile_slide(blank, tmp_path / "out")
+    assert "48x40 um" in str(ei.value) and "112x112 um" in str(ei.value)
+    # small enough tiles: now the missing tissue is what is reported
+    with pytest.raises(NoTissueError, match=r"tissue\.method=fixed"):
+        tile_slide(blank, tmp_path / "out", tile_size=32)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.real_data
+def test_small_svs_reported_as_too_small(test_data_dir: Path, tmp_path: Path) -> None:
+    small = test_data_dir / "slides" / "small.svs"
+    out = tmp_path / "out"
+    code, _, stderr = _run(str(small), "--out", str(out))
+    assert code == 1 and not out.exists()
+    line = stderr.strip()
+    assert "\n" not in line
+    assert "small.svs" in line and "smaller than one tile" in line
+    assert "7.984x7.984 um" in line and "--tile-size" in line
+    assert "no tissue" not in line
+    with pytest.raises(SlideTooSmallError):
+        tile_slide(small, out)
+
+
+def test_implausible_mpp_refused_by_tiles(rect_svs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, _, stderr = _run(str(rect_svs), "--out", str(out), "--mpp", "500")
+    assert code == 1 and not out.exists()
+    assert "500 um/px is outside the plausible" in stderr and "--mpp" in stderr
+
+
+def test_coarse_mpp_thumbnail_at_level0(rect_svs: Path, tmp_path: Path) -> None:
+    """--mpp 20 (coarser than the 8 um/px tissue spacing): the thumbnail is level 0."""
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(
+        str(rect_svs), "--out", str(out), "--mpp", "20", "--tile-size", "16", "--spacing", "40"
+    )
+    assert code == 0, stderr
+    png = Image.open(out / rect_svs.stem / "tissue.png")
+    assert png.size == (2048, 1536)  # level 0, neither enlarged nor blown up
+    gj = json.loads((out / rect_svs.stem / "tiles.geojson").read_text())
+    ring = gj["features"][0]["geometry"]["coordinates"][0]
+    assert ring[2][0] - ring[0][0] == pytest.approx(32.0)  # 16 px at 40 um/px on 20 um/px

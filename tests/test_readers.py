@@ -188,6 +188,54 @@ def test_bad_override(tmp_path: Path, bad: object) -> None:
         open_slide(svs, mpp=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("bad", [500, 0.001, (0.25, 352.8), 1e9])
+def test_implausible_override_refused_before_any_read(tmp_path: Path, bad: object) -> None:
+    """--mpp 500 used to pass and end in a 173 GiB thumbnail allocation."""
+    svs = synthetic.write_slide(SMALL, tmp_path / "o.svs", kind="svs", tile=128)
+    with pytest.raises(ConfigError) as ei:
+        open_slide(svs, mpp=bad)  # type: ignore[arg-type]
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert "o.svs" in msg and "--mpp" in msg and "mpp=" in msg  # where it came from
+    assert "outside the plausible 0.01-50 um/px" in msg
+    assert "magnification" in msg and "0.25 um/px is typical at 40x" in msg
+    # the edges of the plausible range are accepted
+    for ok in (0.01, 50.0):
+        with open_slide(svs, mpp=ok) as r:
+            assert r.info.mpp == Mpp(ok, ok, "override")
+
+
+@pytest.mark.parametrize(
+    ("content", "value"),
+    [('{"mpp": 500}', "500"), ('{"mpp_x": 0.25, "mpp_y": 0.005}', "0.005")],
+)
+def test_implausible_sidecar_refused(tmp_path: Path, content: str, value: str) -> None:
+    svs = synthetic.write_slide(SMALL, tmp_path / "b.svs", kind="svs", tile=128)
+    (tmp_path / "b.mpp.json").write_text(content)
+    with pytest.raises(ConfigError) as ei:
+        open_slide(svs)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert f"MPP sidecar {tmp_path / 'b.mpp.json'}" in msg
+    assert f"spacing {value} um/px is outside the plausible" in msg
+    assert '{"mpp": 0.25}' in msg and "magnification" in msg
+    # ignored sidecars do not matter
+    with open_slide(svs, mpp_sidecar=None) as r:
+        assert r.info.mpp == Mpp(0.5, 0.5, "aperio")
+
+
+def test_missing_mpp_message_names_cli_api_and_sidecar(tmp_path: Path) -> None:
+    svs = synthetic.write_slide(SMALL, tmp_path / "n.svs", kind="svs", tile=128, write_mpp=False)
+    with pytest.raises(MissingMppError) as ei:
+        open_slide(svs)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert "--mpp (CLI" in msg and "mpp= (open_slide)" in msg and "n.mpp.json" in msg
+    with pytest.raises(MissingMppError) as ei:
+        open_slide(svs, mpp_sidecar=None)
+    assert "mpp.json" not in str(ei.value) and "mpp= (open_slide)" in str(ei.value)
+
+
 def test_vendor_mpp_and_resolution_helpers() -> None:
     assert vendor_mpp(
         {"openslide.vendor": "hamamatsu", "openslide.mpp-x": "0.23", "openslide.mpp-y": "0.24"},

@@ -167,3 +167,139 @@ def test_rasterize_geometry_pixel_centres() -> None:
     expected[1:3, 1:3] = True
     np.testing.assert_array_equal(m, expected)
     assert not rasterize_geometry(None, (3, 3), 1.0).any()
+
+
+# Camelyon16 slide sizes are about 97792 x 221184 px; tumour_001's lesions lie inside.
+C16_DIMS = (97792, 221184)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("num", CAMELYON)
+def test_camelyon_annotations_as_roi(test_data_dir: Path, num: str) -> None:
+    xml = test_data_dir / "camelyon16" / "asap_xml" / f"tumor_{num}.xml"
+    js = test_data_dir / "camelyon16" / "ncrf_json" / f"Tumor_{num}.json"
+    truth = read_annotations(xml).tumour_geometry()
+    shape, ds = (C16_DIMS[1] // 128, C16_DIMS[0] // 128), 128.0
+    expected = rasterize_geometry(truth, shape, ds)
+    assert expected.any()
+    for path in (xml, js):
+        roi = load_roi(path, C16_DIMS)
+        assert roi.source == str(path) and roi.mask is None
+        assert roi.geometry is not None
+        assert shapely.symmetric_difference(roi.geometry, truth).area < 1e-6 * truth.area
+        np.testing.assert_array_equal(roi.rasterize(shape, ds), expected)
+
+
+@pytest.mark.real_data
+def test_ncrf_normal_regions_are_no_roi(test_data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="no lesion polygon"):
+        load_roi(test_data_dir / "camelyon16" / "ncrf_json" / "Normal_001.json", C16_DIMS)
+
+
+_ASAP = """<?xml version="1.0"?>
+<ASAP_Annotations><Annotations>
+ <Annotation Name="_0" Type="Polygon" PartOfGroup="Tumor"><Coordinates>
+  <Coordinate Order="0" X="10" Y="10" /><Coordinate Order="1" X="90.0" Y="10" />
+  <Coordinate Order="2" X="90" Y="70" /><Coordinate Order="3" X="10" Y="70" />
+ </Coordinates></Annotation>
+ <Annotation Name="_1" Type="Polygon" PartOfGroup="_2"><Coordinates>
+  <Coordinate Order="0" X="30" Y="30" /><Coordinate Order="1" X="50" Y="30" />
+  <Coordinate Order="2" X="50" Y="50" /><Coordinate Order="3" X="30" Y="50" />
+ </Coordinates></Annotation>
+</Annotations><AnnotationGroups /></ASAP_Annotations>"""
+
+
+def _lesion_minus_hole(shape: tuple[int, int], ds: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    cx, cy = (xx + 0.5) * ds, (yy + 0.5) * ds
+    inside = (cx > 10) & (cx < 90) & (cy > 10) & (cy < 70)
+    hole = (cx > 30) & (cx < 50) & (cy > 30) & (cy < 50)
+    return inside & ~hole
+
+
+def test_asap_xml_and_ncrf_json_roi_generated(tmp_path: Path) -> None:
+    """Lesions minus exclusions, level-0 px, placed exactly on the mask grid."""
+    xml = tmp_path / "lesion.xml"
+    xml.write_text(_ASAP)
+    js = tmp_path / "lesion.json"
+    js.write_text(
+        json.dumps(
+            {
+                "positive": [{"name": "a", "vertices": [[10, 10], [90, 10], [90, 70], [10, 70]]}],
+                "negative": [{"name": "b", "vertices": [[30, 30], [50, 30], [50, 50], [30, 50]]}],
+            }
+        )
+    )
+    expected = _lesion_minus_hole((10, 12), 8.0)
+    assert expected.any() and not expected.all()
+    for path in (xml, js):
+        roi = load_roi(path, (96, 80))
+        assert roi.geometry is not None
+        assert roi.geometry.area == pytest.approx(80 * 60 - 20 * 20)
+        np.testing.assert_array_equal(roi.rasterize((10, 12), 8.0), expected)
+    # a .json that is GeoJSON is still read as GeoJSON
+    gj = tmp_path / "region.json"
+    gj.write_text(
+        json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [40, 0], [40, 40], [0, 0]]]})
+    )
+    assert load_roi(gj, (96, 80)).geometry.area == pytest.approx(800.0)  # type: ignore[union-attr]
+    # an exclusion covering the whole lesion leaves no region
+    only_hole = tmp_path / "void.json"
+    only_hole.write_text(
+        json.dumps(
+            {
+                "positive": [{"vertices": [[10, 10], [20, 10], [20, 20], [10, 20]]}],
+                "negative": [{"vertices": [[0, 0], [30, 0], [30, 30], [0, 30]]}],
+            }
+        )
+    )
+    with pytest.raises(ConfigError, match=r"void\.json has no lesion polygon"):
+        load_roi(only_hole, (96, 80))
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<ASAP_Annotations>")
+    with pytest.raises(ConfigError, match="ASAP"):
+        load_roi(broken, (96, 80))
+
+
+def _asap(lesion: tuple[int, int, int, int], hole: tuple[int, int, int, int]) -> str:
+    def ann(name: str, group: str, box: tuple[int, int, int, int]) -> str:
+        x0, y0, x1, y1 = box
+        pts = ((x0, y0), (x1, y0), (x1, y1), (x0, y1))
+        coords = "".join(
+            f'<Coordinate Order="{i}" X="{x}" Y="{y}" />' for i, (x, y) in enumerate(pts)
+        )
+        return (
+            f'<Annotation Name="{name}" Type="Polygon" PartOfGroup="{group}">'
+            f"<Coordinates>{coords}</Coordinates></Annotation>"
+        )
+
+    body = ann("_0", "Tumor", lesion) + ann("_1", "Exclusion", hole)
+    return f"<ASAP_Annotations><Annotations>{body}</Annotations></ASAP_Annotations>"
+
+
+def test_xml_roi_restricts_tissue(rect_svs: Path, tmp_path: Path) -> None:
+    from wsi_saliency.readers import open_slide
+    from wsi_saliency.tissue import detect_tissue
+
+    xml = tmp_path / "left.xml"
+    # left half of the slide minus a 160 x 160 px square inside the tissue (RECT)
+    xml.write_text(_asap((0, 0, 1024, 1536), (640, 480, 800, 640)))
+    with open_slide(rect_svs) as r:
+        full = detect_tissue(r)
+        part = detect_tissue(r, roi=xml)
+    assert part.method == "otsu+roi" and part.downsample == 16.0
+    hole = np.zeros_like(part.mask)
+    hole[30:40, 40:50] = True  # 480..640 x 640..800 level-0 px at 16 px per mask px
+    assert full.mask[hole].all()
+    left = np.zeros_like(part.mask)
+    left[:, :64] = True
+    np.testing.assert_array_equal(part.mask, full.mask & left & ~hole)
+
+
+def test_roi_error_hints_name_config_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_roi(tmp_path / "nope.geojson", (100, 100))
+    assert "tissue.roi" in str(ei.value) and "check --roi" not in str(ei.value)
+    (tmp_path / "roi.txt").write_text("x")
+    with pytest.raises(ConfigError, match=r"\.xml.*\.json"):
+        load_roi(tmp_path / "roi.txt", (100, 100))

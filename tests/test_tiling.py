@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RECT
+from conftest import RECT, SlideFactory, rect_polygon
 
 from wsi_saliency import synthetic
 from wsi_saliency.errors import ConfigError, MissingMppError, NoTissueError, SlideTooSmallError
 from wsi_saliency.readers import open_slide
 from wsi_saliency.tiling import (
+    check_slide_fits,
     grid_geojson,
     make_grid,
     read_tile,
@@ -184,6 +185,65 @@ def test_grid_errors() -> None:
         kwargs: dict[str, float] = {"tile_size": 224, "spacing": 0.5, **bad}
         with pytest.raises(ConfigError):
             make_grid(_info(512, 512), full, **kwargs)  # type: ignore[arg-type]
+
+
+def test_check_slide_fits_message_in_microns() -> None:
+    check_slide_fits(_info(224, 224), tile_size=224, spacing=0.5)  # exactly one tile
+    check_slide_fits(_info(224, 100), tile_size=100, spacing=0.5)  # 50 um tiles
+    with pytest.raises(SlideTooSmallError) as ei:
+        check_slide_fits(_info(300, 600), tile_size=224, spacing=1.0)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert "/x/slide.svs" in msg
+    assert "(300x600 px = 150x300 um)" in msg  # the slide in um
+    assert "224 px at 1 um/px = 224x224 um" in msg  # the tile in um
+    assert "--tile-size" in msg and "--spacing" in msg
+    assert isinstance(ei.value, ValueError)
+    # anisotropic: too short only along y
+    info = SlideInfo(
+        path="/x/a.svs",
+        backend="openslide",
+        dimensions=(500, 500),
+        level_dimensions=((500, 500),),
+        level_downsamples=(1.0,),
+        mpp=Mpp(0.5, 0.2, "override"),
+    )
+    with pytest.raises(SlideTooSmallError, match=r"250x100 um"):
+        check_slide_fits(info, tile_size=224, spacing=0.5)
+    with pytest.raises(MissingMppError, match=r"--mpp.*mpp= \(open_slide\)"):
+        check_slide_fits(_info(500, 500, None), tile_size=224, spacing=0.5)
+    with pytest.raises(ConfigError):
+        check_slide_fits(_info(500, 500), tile_size=0, spacing=0.5)
+
+
+def test_make_grid_checks_size_before_tissue() -> None:
+    """A too-small slide with an empty mask is SlideTooSmallError, not NoTissueError."""
+    empty = TissueMask(mask=np.zeros((1, 1), bool), downsample=16.0, spacing=8.0)
+    with pytest.raises(SlideTooSmallError, match="smaller than one tile"):
+        make_grid(_info(16, 16), empty, tile_size=224, spacing=0.5)
+
+
+@pytest.mark.real_data
+def test_small_svs_is_too_small(test_data_dir: Path) -> None:
+    with open_slide(test_data_dir / "slides" / "small.svs") as r:
+        assert r.info.dimensions == (16, 16)
+        with pytest.raises(SlideTooSmallError) as ei:
+            check_slide_fits(r.info, tile_size=224, spacing=0.5)
+    msg = str(ei.value)
+    assert "small.svs" in msg and "7.984x7.984 um" in msg and "112x112 um" in msg
+
+
+def test_generated_tiny_slide_too_small(slide_factory: SlideFactory) -> None:
+    spec = synthetic.SyntheticSlide(
+        width=64, height=48, mpp=0.25, tissue=(rect_polygon(0, 0, 64, 48),), seed=5
+    )
+    with open_slide(slide_factory(spec, kind="tiff", tile=16)) as r:
+        with pytest.raises(SlideTooSmallError, match=r"16x12 um.*56x56 um"):
+            check_slide_fits(r.info, tile_size=224, spacing=0.25)
+        check_slide_fits(r.info, tile_size=48, spacing=0.25)  # fits
+        tm = detect_tissue(r, spacing=0.25 * 4, min_object_um2=0.0)
+        grid = make_grid(r.info, tm, tile_size=48, spacing=0.25)
+        assert len(grid) == 2  # 64 px wide: one full column, one padded
 
 
 def _offsets(

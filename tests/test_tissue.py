@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SlideFactory, rect_polygon
+from conftest import RECT, SlideFactory, rect_polygon
 from PIL import Image
+from scipy.ndimage import binary_dilation
+from skimage.segmentation import find_boundaries
 from skimage.transform import resize
 
 from wsi_saliency import synthetic
@@ -16,10 +18,13 @@ from wsi_saliency.errors import ConfigError, NoTissueError
 from wsi_saliency.readers import open_slide
 from wsi_saliency.tissue import (
     CONTOUR_RGB,
+    TISSUE_PNG_MAX,
+    TISSUE_PNG_MIN,
     detect_tissue,
     mask_from_thumbnail,
     save_tissue_png,
     thumbnail_at_spacing,
+    tissue_overlay,
 )
 
 
@@ -183,19 +188,118 @@ def test_roi_restricts(rect_svs: Path, tmp_path: Path) -> None:
         detect_tissue(r, roi=far)
 
 
-def test_save_tissue_png(rect_svs: Path, tmp_path: Path) -> None:
+def test_save_tissue_png_enlarged_with_exact_contour(rect_svs: Path, tmp_path: Path) -> None:
     with open_slide(rect_svs) as r:
         tm = detect_tissue(r)
+        thumb, _ = thumbnail_at_spacing(r, tm.spacing)
         out = save_tissue_png(r, tm, tmp_path / "tissue.png")
+    assert tm.mask.shape == (96, 128)
     img = np.asarray(Image.open(out).convert("RGB"))
-    assert img.shape[:2] == tm.mask.shape
+    k = 8  # smallest whole factor bringing 128 px to >= 1024 px
+    assert img.shape[:2] == (96 * k, 128 * k)
+    big = np.repeat(np.repeat(tm.mask, k, 0), k, 1)
     contour = (img == np.array(CONTOUR_RGB)).all(axis=2)
-    assert contour.any()
-    assert tm.mask[contour].all()  # the contour is drawn on the mask's inner boundary
-    rgb = np.full(tm.mask.shape + (3,), 200, np.uint8)
-    save_tissue_png(rgb, tm, tmp_path / "t2.png")
+    edge = find_boundaries(big, mode="inner")
+    assert big[contour].all()  # drawn on tissue pixels only
+    assert contour[edge].all()  # every tissue pixel next to background is contour
+    assert not contour[~binary_dilation(edge)].any()  # and nothing far from the edge
+    # elsewhere the PNG is the thumbnail, each pixel an exact k x k block
+    plain = np.repeat(np.repeat(thumb, k, 0), k, 1)
+    np.testing.assert_array_equal(img[~contour], plain[~contour])
+    # a thumbnail array gives the same picture
+    save_tissue_png(thumb, tm, tmp_path / "t1.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "t1.png").convert("RGB")), img)
+    # no enlargement asked: mask-sized
+    save_tissue_png(thumb, tm, tmp_path / "t2.png", min_size=None)
+    assert Image.open(tmp_path / "t2.png").size == (128, 96)
     with pytest.raises(ValueError, match="shape"):
-        save_tissue_png(rgb[:-1], tm, tmp_path / "t3.png")
+        save_tissue_png(thumb[:-1], tm, tmp_path / "t3.png")
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((112, 139), (896, 1112)),  # the TCGA thumbnail: x8
+        ((600, 300), (1200, 600)),
+        ((10, 1023), (20, 2046)),
+        ((700, 1024), (700, 1024)),  # already large enough
+        ((1500, 2048), (1500, 2048)),
+        ((3000, 1000), (1500, 500)),  # too large: reduced by a whole factor
+        ((2, 3), (684, 1026)),
+    ],
+)
+def test_tissue_png_size(shape: tuple[int, int], expected: tuple[int, int]) -> None:
+    rgb = np.full(shape + (3,), 240, np.uint8)
+    mask = np.zeros(shape, bool)
+    mask[shape[0] // 4 : max(1, shape[0] // 2), shape[1] // 4 : max(1, shape[1] // 2)] = True
+    out = tissue_overlay(rgb, mask, TISSUE_PNG_MAX, TISSUE_PNG_MIN)
+    assert out.shape == expected + (3,)
+    assert 1024 <= max(out.shape[:2]) <= 2048
+    assert (out == np.array(CONTOUR_RGB)).all(axis=2).any()
+
+
+def test_thumbnail_never_larger_than_level0(rect_svs: Path) -> None:
+    """A slide coarser than the tissue spacing is read at level 0, not scaled up."""
+    with open_slide(rect_svs, mpp=16.0) as r:
+        rgb, ds = thumbnail_at_spacing(r, 8.0)
+        assert ds == 1.0 and rgb.shape == (1536, 2048, 3)
+        tm = detect_tissue(r, spacing=8.0)
+        # the mask says what was really used: level 0 at 16 um/px
+        assert tm.downsample == 1.0 and tm.spacing == 16.0 and tm.mask.shape == (1536, 2048)
+        rows, cols = np.nonzero(tm.mask)
+        x0, y0, x1, y1 = RECT
+        assert abs(cols.min() - x0) <= 2 and abs(cols.max() + 1 - x1) <= 2
+        assert abs(rows.min() - y0) <= 2 and abs(rows.max() + 1 - y1) <= 2
+    with open_slide(rect_svs, mpp=4.0) as r:  # finer than the spacing: as before
+        rgb, ds = thumbnail_at_spacing(r, 8.0)
+        assert ds == 2.0 and rgb.shape == (768, 1024, 3)
+        assert detect_tissue(r, spacing=8.0).spacing == 8.0
+
+
+def test_mask_spacing_from_slide_mpp_sizes_the_cleanup() -> None:
+    """With ``mpp``, objects are measured at the spacing really used (downsample * mpp)."""
+    rgb = np.full((40, 40, 3), 255, np.uint8)
+    rgb[10:14, 10:14] = (230, 150, 200)  # 4 x 4 px: 4096 um^2 at 16 um/px, 1024 at 8
+    real = mask_from_thumbnail(
+        rgb,
+        downsample=1.0,
+        spacing=8.0,
+        mpp=16.0,
+        method="fixed",
+        threshold=0.1,
+        min_object_um2=2000.0,
+    )
+    assert real.spacing == 16.0 and real.downsample == 1.0
+    assert real.mask[10:14, 10:14].all()
+    with pytest.raises(NoTissueError):  # wrongly taken as 8 um/px it is too small
+        mask_from_thumbnail(
+            rgb,
+            downsample=1.0,
+            spacing=8.0,
+            method="fixed",
+            threshold=0.1,
+            min_object_um2=2000.0,
+        )
+    same = mask_from_thumbnail(
+        rgb,
+        downsample=16.0,
+        spacing=8.0,
+        mpp=0.5,
+        method="fixed",
+        threshold=0.1,
+        min_object_um2=0.0,
+    )
+    assert same.spacing == 8.0
+
+
+def test_no_tissue_hint_names_config_keys(slide_factory: SlideFactory) -> None:
+    white = synthetic.SyntheticSlide(width=1024, height=1024, mpp=0.5)
+    with open_slide(slide_factory(white)) as r, pytest.raises(NoTissueError) as ei:
+        detect_tissue(r)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert "tissue.method=fixed, tissue.threshold=0.03 via --set or the config" in msg
+    assert "(--tissue-method" not in msg  # not offered as if every command had it
 
 
 def test_mask_from_thumbnail_needs_dimensions_for_roi_file(tmp_path: Path) -> None:

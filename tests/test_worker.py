@@ -25,7 +25,12 @@ from wsi_saliency.config import (
     TilingConfig,
     resolve_model_defaults,
 )
-from wsi_saliency.errors import MissingMppError, NoTissueError, SlideOpenError
+from wsi_saliency.errors import (
+    MissingMppError,
+    NoTissueError,
+    SlideOpenError,
+    SlideTooSmallError,
+)
 from wsi_saliency.models import load_model
 from wsi_saliency.worker import run_slide
 
@@ -193,6 +198,14 @@ def test_bad_slide_errors(colour_model_dir: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(NoTissueError, match="white.svs"):
         run_slide(white, model, RunConfig(), out)
+    # smaller than one tile: said before tissue detection could call it "no tissue"
+    tiny = synthetic.write_slide(
+        synthetic.SyntheticSlide(width=40, height=30, tissue=(((0.0, 0.0), (40.0, 0.0),
+                                 (40.0, 30.0), (0.0, 30.0)),)),
+        tmp_path / "tiny.svs",
+    )
+    with pytest.raises(SlideTooSmallError, match="tiny.svs.*smaller than one tile"):
+        run_slide(tiny, model, RunConfig(), out)
     assert list(out.iterdir()) == []
 
 

@@ -244,9 +244,28 @@ _LOCAL_SCHEDULER_RE = re.compile(r"^local:(\d+)$")
 _SCHEDULER_RE = re.compile(
     r"^((tcp|tls|ucx|ws|wss)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?/?$"
 )
-# Command-line option that sets a key, where it is not ``--<field-name>``.
+# Keys with an option of their own on `wsi-saliency run`; any other key is set with
+# ``--set key=value``, which is how its errors name it.
 _CLI_LABELS = types.MappingProxyType(
-    {"model.path": "--model", "slide.backend": "--backend", "tissue.method": "--tissue-method"}
+    {
+        "model.path": "--model",
+        "model.layer": "--layer",
+        "model.method": "--method",
+        "model.smoothing": "--smoothing",
+        "model.target": "--target",
+        "model.trust_code": "--trust-model-code",
+        "slide.mpp": "--mpp",
+        "slide.mpp_sidecar": "--mpp-sidecar",
+        "slide.backend": "--backend",
+        "inference.device": "--device",
+        "inference.batch_size": "--batch-size",
+        "inference.workers": "--workers",
+        "inference.scheduler": "--scheduler",
+        "tiling.tile_size": "--tile-size",
+        "tiling.spacing": "--spacing",
+        "tiling.overlap": "--overlap",
+        "tiling.min_tissue": "--min-tissue",
+    }
 )
 
 
@@ -313,8 +332,7 @@ def _suggest(word: str, choices: typing.Iterable[str]) -> str:
 def _label(key: str, origin: str) -> str:
     """How a key is named in a message: the config file key or the command-line option."""
     if origin == "cli":
-        opt = _CLI_LABELS.get(key, "--" + key.split(".", 1)[1].replace("_", "-"))
-        return f"command line: {opt}"
+        return f"command line: {_CLI_LABELS.get(key, f'--set {key}')}"
     return f"{origin}: {key}"
 
 

@@ -1,9 +1,10 @@
 """Regions of interest and lesion annotations.
 
 * :func:`load_roi` reads a region-of-interest that restricts tiling: a mask image
-  (PNG/TIFF/JPEG at any scale, spanning the whole slide; non-zero = inside) or GeoJSON
+  (PNG/TIFF/JPEG at any scale, spanning the whole slide; non-zero = inside), GeoJSON
   polygons in level-0 pixels (QuPath export, a FeatureCollection, a Feature or a bare
-  geometry). :meth:`Roi.rasterize` puts it on any mask grid.
+  geometry), or Camelyon16 annotations (ASAP XML, NCRF JSON; the lesions minus the
+  exclusions). :meth:`Roi.rasterize` puts it on any mask grid.
 * :func:`read_annotations` parses Camelyon16 lesion annotations - the NCRF JSON
   conversion (``{"positive": [...], "negative": [...]}``) and ASAP XML (float or
   integer coordinates) - into shapely polygons in level-0 pixels.
@@ -114,6 +115,13 @@ class Roi:
 def load_roi(path: str | Path, slide_dimensions: tuple[int, int]) -> Roi:
     """Read a region of interest for a slide of level-0 size ``slide_dimensions``.
 
+    Accepted: a mask image (``.png``, ``.tif``, ... at any scale, covering the whole
+    slide), GeoJSON polygons (``.geojson``/``.json``), and Camelyon16 lesion
+    annotations - ASAP XML (``.xml``) or NCRF JSON (a ``.json`` holding
+    ``positive``/``negative`` lists) - read with :func:`read_annotations`, whose
+    tumour geometry (lesions minus exclusions) becomes the region. Polygons are in
+    level-0 pixels.
+
     Raises
     ------
     ConfigError
@@ -122,10 +130,18 @@ def load_roi(path: str | Path, slide_dimensions: tuple[int, int]) -> Roi:
     """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"ROI file {p} does not exist; check --roi")
+        raise ConfigError(
+            f"ROI file {p} does not exist; check tissue.roi (--set tissue.roi=... or the "
+            "config; `tiles` has --roi)"
+        )
     suffix = p.suffix.lower()
+    if suffix == ".xml":
+        return _annotation_roi(read_annotations(p), slide_dimensions)
     if suffix in GEOJSON_SUFFIXES:
-        geom = _read_geojson(p)
+        data = _read_json(p)
+        if suffix == ".json" and _is_ncrf(data):
+            return _annotation_roi(_read_ncrf(p, data), slide_dimensions)
+        geom = _geojson_polygons(p, data)
         return Roi(source=str(p), geometry=geom, slide_dimensions=slide_dimensions)
     if suffix in MASK_SUFFIXES:
         mask = _read_mask_image(p)
@@ -140,8 +156,26 @@ def load_roi(path: str | Path, slide_dimensions: tuple[int, int]) -> Roi:
             raise ConfigError(f"ROI mask {p} is empty (no non-zero pixel); draw the region in it")
         return Roi(source=str(p), mask=mask, slide_dimensions=slide_dimensions)
     raise ConfigError(
-        f"ROI file {p} has an unknown type {suffix!r}; use a mask image (.png) or GeoJSON (.geojson)"
+        f"ROI file {p} has an unknown type {suffix!r}; use a mask image (.png), GeoJSON "
+        "(.geojson), ASAP XML (.xml) or NCRF JSON (.json)"
     )
+
+
+def _is_ncrf(data: Any) -> bool:
+    """An NCRF annotation JSON: an object with ``positive``/``negative`` and no GeoJSON type."""
+    return (
+        isinstance(data, dict) and "type" not in data and bool({"positive", "negative"} & set(data))
+    )
+
+
+def _annotation_roi(ann: Annotations, slide_dimensions: tuple[int, int]) -> Roi:
+    geom = ann.tumour_geometry()
+    if geom.is_empty:
+        raise ConfigError(
+            f"ROI file {ann.source} has no lesion polygon (after removing exclusions); "
+            "annotate the region as a Tumor polygon or use another ROI"
+        )
+    return Roi(source=ann.source, geometry=geom, slide_dimensions=slide_dimensions)
 
 
 def _read_mask_image(p: Path) -> npt.NDArray[np.bool_]:
@@ -177,11 +211,14 @@ def _geojson_geometries(obj: Any) -> list[shapely.Geometry]:
     return []
 
 
-def _read_geojson(p: Path) -> shapely.Geometry:
+def _read_json(p: Path) -> Any:
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"ROI file {p} is not valid GeoJSON ({exc})") from None
+        raise ConfigError(f"ROI file {p} is not valid GeoJSON or NCRF JSON ({exc})") from None
+
+
+def _geojson_polygons(p: Path, data: Any) -> shapely.Geometry:
     try:
         geoms = _geojson_geometries(data)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:

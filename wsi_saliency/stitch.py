@@ -106,7 +106,7 @@ def blend_window(blend: str, shape: tuple[int, int]) -> npt.NDArray[np.float32]:
         return np.outer(wy, wx).astype(np.float32)
     raise ConfigError(
         f"unknown blend {blend!r}: use one of {', '.join(repr(b) for b in BLENDS)} "
-        "(output.blend / --blend)"
+        "(output.blend via --set or the config)"
     )
 
 

@@ -36,6 +36,7 @@ from wsi_saliency.readers.resample import resample_margin, resample_window
 from wsi_saliency.types import SlideInfo, TileGrid, TissueMask
 
 __all__ = [
+    "check_slide_fits",
     "grid_geojson",
     "make_grid",
     "read_tile",
@@ -131,6 +132,50 @@ def _sat_area(
     return out
 
 
+_MPP_FIX = (
+    "give it in um/px with --mpp (CLI, e.g. --mpp 0.25) / mpp= (open_slide) "
+    'or a {stem}.mpp.json sidecar holding {"mpp": 0.25}'
+)
+
+
+def _check_tile(tile_size: int, spacing: float) -> None:
+    if not (isinstance(tile_size, (int, np.integer)) and tile_size >= 1):
+        raise ConfigError(f"tile size must be a positive integer, got {tile_size!r}")
+    if not (spacing > 0 and math.isfinite(spacing)):
+        raise ConfigError(f"tile spacing must be positive um/px, got {spacing!r}")
+
+
+def check_slide_fits(info: SlideInfo, *, tile_size: int, spacing: float) -> None:
+    """Refuse a slide smaller than one tile, before any tissue detection.
+
+    A tile is ``tile_size`` px at ``spacing`` um/px, i.e. ``tile_size * spacing`` um
+    square; the slide is ``width * mpp.x`` by ``height * mpp.y`` um.
+
+    Raises
+    ------
+    SlideTooSmallError
+        The slide is narrower or shorter than one tile.
+    MissingMppError
+        The slide's spacing is unknown.
+    ConfigError
+        ``tile_size`` or ``spacing`` out of range.
+    """
+    if info.mpp is None:
+        raise MissingMppError(f"{info.path}: no pixel spacing known; {_MPP_FIX}")
+    _check_tile(tile_size, spacing)
+    w0, h0 = info.dimensions
+    size_x = tile_size * spacing / info.mpp.x
+    size_y = tile_size * spacing / info.mpp.y
+    if w0 < size_x - 1e-6 or h0 < size_y - 1e-6:
+        tile_um = tile_size * spacing
+        raise SlideTooSmallError(
+            f"{info.path}: the slide ({w0}x{h0} px = {w0 * info.mpp.x:.4g}x"
+            f"{h0 * info.mpp.y:.4g} um) is smaller than one tile ({int(tile_size)} px at "
+            f"{spacing:g} um/px = {tile_um:.4g}x{tile_um:.4g} um); use a smaller "
+            "--tile-size or a finer --spacing (tiling.tile_size / tiling.spacing)"
+        )
+
+
 def make_grid(
     info: SlideInfo,
     mask: TissueMask,
@@ -171,14 +216,8 @@ def make_grid(
     ConfigError
         Out-of-range parameters.
     """
-    if info.mpp is None:
-        raise MissingMppError(
-            f"{info.path}: no pixel spacing known; give it with --mpp (um/px, e.g. --mpp 0.25)"
-        )
-    if not (isinstance(tile_size, (int, np.integer)) and tile_size >= 1):
-        raise ConfigError(f"tile size must be a positive integer, got {tile_size!r}")
-    if not (spacing > 0 and math.isfinite(spacing)):
-        raise ConfigError(f"tile spacing must be positive um/px, got {spacing!r}")
+    check_slide_fits(info, tile_size=tile_size, spacing=spacing)
+    assert info.mpp is not None
     if not 0.0 <= overlap < 1.0:
         raise ConfigError(f"overlap must be in [0, 1), got {overlap!r}")
     if not 0.0 <= min_tissue <= 1.0:
@@ -191,12 +230,6 @@ def make_grid(
     w0, h0 = info.dimensions
     size_x = tile_size * spacing / mpp.x
     size_y = tile_size * spacing / mpp.y
-    if w0 < size_x - 1e-6 or h0 < size_y - 1e-6:
-        raise SlideTooSmallError(
-            f"{info.path}: the slide ({w0}x{h0} px) is smaller than one tile "
-            f"({tile_size} px at {spacing:g} um/px = {size_x:.0f}x{size_y:.0f} level-0 px); "
-            "use a smaller --tile-size or a finer --spacing"
-        )
     step_x = stride * spacing / mpp.x
     step_y = stride * spacing / mpp.y
     n_cols = max(1, math.ceil((w0 - size_x) / step_x - 1e-9) + 1)
@@ -215,7 +248,7 @@ def make_grid(
     if rows.size == 0:
         raise NoTissueError(
             f"{info.path}: no tile has at least {min_tissue:g} tissue "
-            f"({tile_size} px at {spacing:g} um/px); lower --min-tissue or check the tissue mask"
+            f"({tile_size} px at {spacing:g} um/px); lower --min-tissue (tiling.min_tissue) or check the tissue mask"
         )
     target = spacing / mpp.x
     level = _level_for(info, target)

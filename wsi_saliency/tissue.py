@@ -31,13 +31,16 @@ __all__ = [
     "DILATION_UM",
     "MIN_SATURATION",
     "TISSUE_PNG_MAX",
+    "TISSUE_PNG_MIN",
     "detect_tissue",
+    "effective_spacing",
     "mask_from_thumbnail",
     "otsu_threshold",
     "save_tissue_png",
     "saturation",
     "thumbnail_at_spacing",
     "tissue_overlay",
+    "upscale_factor",
 ]
 
 #: Lowest saturation threshold Otsu may pick (an all-white slide has only JPEG noise).
@@ -48,31 +51,45 @@ CLOSING_UM: Final[float] = 32.0
 DILATION_UM: Final[float] = 16.0
 #: Longest side (px) of ``tissue.png``; larger thumbnails are reduced for a quick look.
 TISSUE_PNG_MAX: Final[int] = 2048
+#: Shortest long side (px) of ``tissue.png``; smaller thumbnails are enlarged by a whole
+#: factor (nearest neighbour) so that the contour can be judged.
+TISSUE_PNG_MIN: Final[int] = 1024
 #: Contour colour drawn in ``tissue.png``.
 CONTOUR_RGB: Final[tuple[int, int, int]] = (0, 200, 0)
 
 _METHODS: Final[tuple[str, ...]] = ("otsu", "fixed")
+_MPP_FIX: Final[str] = (
+    "give it in um/px with --mpp (CLI, e.g. --mpp 0.25) / mpp= (open_slide) "
+    'or a {stem}.mpp.json sidecar holding {"mpp": 0.25}'
+)
+
+
+def effective_spacing(mpp_x: float, spacing: float) -> float:
+    """The spacing a thumbnail is really read at: ``spacing``, but never finer than the
+    slide itself (``mpp_x``), so a thumbnail is never larger than level 0."""
+    return max(float(spacing), float(mpp_x))
 
 
 def thumbnail_at_spacing(
     reader: SlideReader, spacing: float
 ) -> tuple[npt.NDArray[np.uint8], float]:
-    """The whole slide at ``spacing`` um/px.
+    """The whole slide at ``spacing`` um/px (or at level 0 when the slide is coarser).
 
     Returns
     -------
     rgb, downsample
-        uint8 ``(ceil(H / ds), ceil(W / ds), 3)`` and ``ds = spacing / mpp.x``; pixel
-        ``(r, c)`` covers level-0 ``[c * ds, (c + 1) * ds) x [r * ds, (r + 1) * ds)``.
+        uint8 ``(ceil(H / ds), ceil(W / ds), 3)`` and
+        ``ds = max(spacing / mpp.x, 1)`` (:func:`effective_spacing`): a slide coarser
+        than ``spacing`` is read at level 0, never upscaled. Pixel ``(r, c)`` covers
+        level-0 ``[c * ds, (c + 1) * ds) x [r * ds, (r + 1) * ds)``. Pass ``ds * mpp.x``
+        (or ``mpp=mpp.x``) to :func:`mask_from_thumbnail` as the spacing really used.
     """
     mpp = reader.info.mpp
     if mpp is None:
-        raise MissingMppError(
-            f"{reader.info.path}: no pixel spacing known; give it with --mpp (um/px, e.g. --mpp 0.25)"
-        )
+        raise MissingMppError(f"{reader.info.path}: no pixel spacing known; {_MPP_FIX}")
     if not (spacing > 0 and math.isfinite(spacing)):
         raise ConfigError(f"tissue spacing must be positive um/px, got {spacing!r}")
-    ds = spacing / mpp.x
+    ds = effective_spacing(mpp.x, spacing) / mpp.x
     return reader.read_at_downsample(ds), ds
 
 
@@ -130,7 +147,8 @@ def detect_tissue(
     threshold
         Saturation threshold in 0..1; required for ``"fixed"``, ignored by ``"otsu"``.
     spacing
-        Thumbnail spacing in um/px.
+        Thumbnail spacing in um/px (a slide coarser than this is used at level 0, and
+        the mask's ``spacing`` says so).
     min_object_um2
         Objects and holes smaller than this area (um^2) are removed / filled.
     roi
@@ -154,6 +172,7 @@ def detect_tissue(
         rgb,
         downsample=ds,
         spacing=spacing,
+        mpp=reader.info.mpp.x if reader.info.mpp is not None else None,
         method=method,
         threshold=threshold,
         min_object_um2=min_object_um2,
@@ -168,6 +187,7 @@ def mask_from_thumbnail(
     *,
     downsample: float,
     spacing: float,
+    mpp: float | None = None,
     method: str = "otsu",
     threshold: float | None = None,
     min_object_um2: float = 20000.0,
@@ -177,10 +197,21 @@ def mask_from_thumbnail(
 ) -> TissueMask:
     """Tissue mask from an already-read thumbnail (see :func:`detect_tissue`).
 
-    ``rgb`` must be the slide at ``downsample`` (= ``spacing`` um/px), as
-    :func:`thumbnail_at_spacing` returns it. ``slide_dimensions`` is needed to place
-    a mask-image ROI.
+    ``rgb`` must be the slide at ``downsample``, as :func:`thumbnail_at_spacing`
+    returns it. Its pixel size is ``downsample * mpp`` when the slide's level-0
+    spacing ``mpp`` (um/px along x) is given - which differs from the requested
+    ``spacing`` when the slide is coarser than it - and ``spacing`` otherwise; that is
+    the size used for the micron-sized clean-up and recorded as ``TissueMask.spacing``.
+    ``slide_dimensions`` is needed to place a mask-image ROI.
     """
+    if mpp is not None:
+        if not (mpp > 0 and math.isfinite(mpp)):
+            raise ConfigError(f"slide spacing must be positive um/px, got {mpp!r}")
+        read_at = downsample * float(mpp)
+        # keep the requested value exactly when the thumbnail was read at it
+        spacing = float(spacing) if math.isclose(read_at, spacing, rel_tol=1e-6) else read_at
+    if not (spacing > 0 and math.isfinite(spacing)):
+        raise ConfigError(f"tissue spacing must be positive um/px, got {spacing!r}")
     if method not in _METHODS:
         raise ConfigError(f"unknown tissue method {method!r}; use one of {', '.join(_METHODS)}")
     if method == "fixed" and (threshold is None or not 0.0 <= float(threshold) <= 1.0):
@@ -210,8 +241,9 @@ def mask_from_thumbnail(
         where = " inside the ROI" if roi is not None else ""
         raise NoTissueError(
             f"{name}: no tissue found{where} (saturation threshold {t:.3f} at "
-            f"{spacing:g} um/px); check the slide, or set a lower fixed threshold "
-            "(--tissue-method fixed --tissue-threshold 0.03)"
+            f"{spacing:g} um/px); check the slide, or lower the threshold "
+            "(tissue.method=fixed, tissue.threshold=0.03 via --set or the config; "
+            "`tiles` has --tissue-method/--tissue-threshold)"
         )
     return TissueMask(mask=mask, downsample=downsample, spacing=spacing, threshold=t, method=used)
 
@@ -291,18 +323,27 @@ def _clean_dense(
 
 
 def tissue_overlay(
-    rgb: npt.NDArray[np.uint8], mask: npt.NDArray[np.bool_], max_size: int | None = None
+    rgb: npt.NDArray[np.uint8],
+    mask: npt.NDArray[np.bool_],
+    max_size: int | None = None,
+    min_size: int | None = None,
 ) -> npt.NDArray[np.uint8]:
     """The thumbnail with the tissue contour drawn in :data:`CONTOUR_RGB`.
 
     With ``max_size``, thumbnail and mask are first reduced by the smallest whole
     factor that brings the longer side to at most ``max_size`` pixels (block mean).
+    With ``min_size``, a smaller one is enlarged by the smallest whole factor that
+    brings the longer side to at least ``min_size`` pixels (nearest neighbour, every
+    pixel an exact ``k x k`` block), but never beyond ``max_size``. The contour is
+    drawn on the tissue side of the mask's boundary only, so every contour pixel is
+    tissue and every tissue pixel next to background is contour.
     """
     if rgb.shape[:2] != mask.shape:
         raise ValueError(f"thumbnail {rgb.shape[:2]} and mask {mask.shape} differ in shape")
+    long = max(mask.shape)
     k = 1
-    if max_size is not None and max(mask.shape) > max_size:
-        k = math.ceil(max(mask.shape) / max_size)
+    if max_size is not None and long > max_size:
+        k = math.ceil(long / max_size)
     if k > 1:
         rows, cols = mask.shape[0] // k, mask.shape[1] // k
         small = np.empty((rows, cols, 3), dtype=np.uint8)
@@ -313,12 +354,27 @@ def tissue_overlay(
             small[r0:r1] = blk.mean(axis=(1, 3)).round().astype(np.uint8)
         m = mask[: rows * k, : cols * k].reshape(rows, k, cols, k).mean(axis=(1, 3)) >= 0.5
         rgb, mask = small, m
+    up = upscale_factor(long, min_size, max_size)
+    if up > 1:
+        rgb = np.repeat(np.repeat(rgb, up, axis=0), up, axis=1)
+        mask = np.repeat(np.repeat(mask, up, axis=0), up, axis=1)
     out = rgb.copy()
     edge = segmentation.find_boundaries(mask, mode="inner")
     if max(mask.shape) > 600:
-        edge = ndi.binary_dilation(edge)
+        edge = ndi.binary_dilation(edge) & mask
     out[edge] = CONTOUR_RGB
     return out
+
+
+def upscale_factor(long_side: int, min_size: int | None, max_size: int | None) -> int:
+    """Smallest whole factor bringing ``long_side`` to at least ``min_size`` px without
+    passing ``max_size`` (1 when no enlargement is wanted or possible)."""
+    if min_size is None or long_side <= 0 or long_side >= min_size:
+        return 1
+    k = math.ceil(min_size / long_side)
+    if max_size is not None:
+        k = min(k, max(1, max_size // long_side))
+    return max(1, k)
 
 
 def save_tissue_png(
@@ -327,6 +383,7 @@ def save_tissue_png(
     path: str | Path,
     *,
     max_size: int | None = TISSUE_PNG_MAX,
+    min_size: int | None = TISSUE_PNG_MIN,
 ) -> Path:
     """Write ``tissue.png``: the thumbnail at the mask's spacing with the tissue contour.
 
@@ -342,6 +399,11 @@ def save_tissue_png(
     max_size
         Longest side of the PNG; larger thumbnails are reduced by a whole factor
         (``None``: full size).
+    min_size
+        Smaller thumbnails (an 8 um/px thumbnail of a small slide is a few hundred
+        pixels) are enlarged by a whole factor, nearest neighbour, until the longest
+        side is at least this (but at most ``max_size``); ``None``: never enlarged.
+        One mask pixel is then exactly ``k x k`` PNG pixels.
     """
     from PIL import Image
 
@@ -349,7 +411,7 @@ def save_tissue_png(
         rgb = reader_or_thumb
     else:
         rgb = reader_or_thumb.read_at_downsample(mask.downsample)
-    img = tissue_overlay(rgb, mask.mask, max_size)
+    img = tissue_overlay(rgb, mask.mask, max_size, min_size)
     p = Path(path)
     Image.fromarray(img).save(p, format="PNG")
     return p

@@ -34,7 +34,7 @@ from wsi_saliency.readers import SlideReader, open_slide
 from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.saliency.engine import resolve_device
 from wsi_saliency.stitch import BLENDS, Stitcher, check_tile_geometry
-from wsi_saliency.tiling import make_grid, read_tiles
+from wsi_saliency.tiling import check_slide_fits, make_grid, read_tiles
 from wsi_saliency.tissue import mask_from_thumbnail, save_tissue_png, thumbnail_at_spacing
 from wsi_saliency.types import BatchResult, SlideInfo, TileGrid
 from wsi_saliency.writers import (
@@ -260,13 +260,16 @@ def run_slide(
         reader = _open(slide_path, config)
     with reader:
         info = reader.info
+        check_slide_fits(info, tile_size=tile_size, spacing=spacing)
         with watch.stage("tissue"):
             tcfg = config.tissue
             thumb, thumb_ds = thumbnail_at_spacing(reader, tcfg.spacing)
+            assert info.mpp is not None
             mask = mask_from_thumbnail(
                 thumb,
                 downsample=thumb_ds,
                 spacing=tcfg.spacing,
+                mpp=info.mpp.x,
                 method=tcfg.method,
                 threshold=tcfg.threshold,
                 min_object_um2=tcfg.min_object_um2,

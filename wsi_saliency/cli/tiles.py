@@ -20,7 +20,7 @@ import click
 
 from wsi_saliency.errors import OutputError, WsiSaliencyError
 from wsi_saliency.readers import BACKENDS, open_slide
-from wsi_saliency.tiling import grid_geojson, make_grid
+from wsi_saliency.tiling import check_slide_fits, grid_geojson, make_grid
 from wsi_saliency.tissue import mask_from_thumbnail, save_tissue_png, thumbnail_at_spacing
 
 __all__ = ["tile_slide", "tiles"]
@@ -75,11 +75,15 @@ def tile_slide(
     """
     final = out_dir / slide.stem
     with open_slide(slide, backend=backend, mpp=mpp) as reader:
+        # a slide smaller than one tile is that, not "no tissue": check it first
+        check_slide_fits(reader.info, tile_size=tile_size, spacing=spacing)
+        assert reader.info.mpp is not None
         thumb, ds = thumbnail_at_spacing(reader, tissue_spacing)
         mask = mask_from_thumbnail(
             thumb,
             downsample=ds,
             spacing=tissue_spacing,
+            mpp=reader.info.mpp.x,
             method=tissue_method,
             threshold=tissue_threshold,
             min_object_um2=min_object_um2,

@@ -243,7 +243,7 @@ class BaseSlideReader(ABC):
         mpp = self._info.mpp
         if mpp is None:
             raise MissingMppError(
-                f"{self._info.path}: no pixel spacing known; give it with --mpp (um/px, e.g. --mpp 0.25)"
+                f"{self._info.path}: no pixel spacing known; give it in um/px with --mpp (CLI, e.g. --mpp 0.25) / mpp= (open_slide)"
             )
         return self.read_at_downsample(spacing / mpp.x)
 

@@ -11,10 +11,12 @@ Order (first hit wins, x and y handled separately):
 4. TIFF resolution tags ``XResolution`` / ``YResolution`` with ``ResolutionUnit``
    centimetre or inch (source ``"tiff-resolution"``).
 
-Values outside :data:`PLAUSIBLE_MPP` (for instance the 72-dpi default many tools
-write, 352.8 um/px) are ignored as not physical. Nothing found: ``None``, and
-:func:`require_mpp` raises :class:`~wsi_saliency.errors.MissingMppError` naming the
-slide and the ``--mpp`` fix.
+Metadata values outside :data:`PLAUSIBLE_MPP` (for instance the 72-dpi default many
+tools write, 352.8 um/px) are ignored as not physical; a user's override or sidecar
+outside it is refused with a :class:`~wsi_saliency.errors.ConfigError` (typically a
+magnification such as 40 or a resolution in dpi given where um/px was meant). Nothing
+found: ``None``, and :func:`require_mpp` raises
+:class:`~wsi_saliency.errors.MissingMppError` naming the slide and the fixes.
 """
 
 from __future__ import annotations
@@ -52,17 +54,29 @@ def _plausible(v: float) -> bool:
 
 
 def parse_mpp_value(
-    value: float | tuple[float, float] | list[float], what: str
+    value: float | tuple[float, float] | list[float],
+    what: str,
+    *,
+    example: str = "--mpp 0.25",
 ) -> tuple[float, float]:
-    """Validate a user-given spacing: a positive number or an ``(x, y)`` pair.
+    """Validate a user-given spacing: one or two numbers in :data:`PLAUSIBLE_MPP`.
+
+    Parameters
+    ----------
+    value
+        A number or an ``(x, y)`` pair in um/px.
+    what
+        Where the value came from (option or file), for the message.
+    example
+        How to give a correct value there, for the message.
 
     Raises
     ------
     ConfigError
-        When the value is not one or two positive finite numbers.
+        When the value is not one or two finite numbers within :data:`PLAUSIBLE_MPP`.
     """
     if isinstance(value, bool):
-        raise ConfigError(f"{what}: spacing {value!r} is not a number; give um/px, e.g. --mpp 0.25")
+        raise ConfigError(f"{what}: spacing {value!r} is not a number; give um/px, e.g. {example}")
     try:
         if isinstance(value, (int, float)):
             x = y = float(value)
@@ -73,11 +87,20 @@ def parse_mpp_value(
             x, y = vals
     except (TypeError, ValueError):
         raise ConfigError(
-            f"{what}: spacing {value!r} is not a number or an (x, y) pair; give um/px, e.g. --mpp 0.25"
+            f"{what}: spacing {value!r} is not a number or an (x, y) pair; give um/px, "
+            f"e.g. {example}"
         ) from None
     for v in (x, y):
         if not (math.isfinite(v) and v > 0):
-            raise ConfigError(f"{what}: spacing {value!r} must be positive um/px, e.g. --mpp 0.25")
+            raise ConfigError(f"{what}: spacing {value!r} must be positive um/px, e.g. {example}")
+    for v in (x, y):
+        if not _plausible(v):
+            lo, hi = PLAUSIBLE_MPP
+            raise ConfigError(
+                f"{what}: spacing {v:g} um/px is outside the plausible {lo:g}-{hi:g} um/px; "
+                f"give the level-0 pixel size in um/px, e.g. {example} (0.25 um/px is typical "
+                "at 40x, 0.5 at 20x) - did you pass a magnification or a resolution in dpi?"
+            )
     return x, y
 
 
@@ -93,7 +116,8 @@ def read_sidecar(slide: Path, pattern: str | None) -> tuple[float, float] | None
     Raises
     ------
     ConfigError
-        When the sidecar exists but is not ``{"mpp": v}`` or ``{"mpp_x": x, "mpp_y": y}``.
+        When the sidecar exists but is not ``{"mpp": v}`` or ``{"mpp_x": x, "mpp_y": y}``
+        with values in :data:`PLAUSIBLE_MPP`.
     """
     if not pattern:
         return None
@@ -107,10 +131,13 @@ def read_sidecar(slide: Path, pattern: str | None) -> tuple[float, float] | None
         raise ConfigError(f"MPP sidecar {path} is not valid JSON ({exc}); {fix}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"MPP sidecar {path} must hold a JSON object; {fix}")
+    example = '{"mpp": 0.25} in it'
     if "mpp" in data:
-        return parse_mpp_value(data["mpp"], f"MPP sidecar {path}")
+        return parse_mpp_value(data["mpp"], f"MPP sidecar {path}", example=example)
     if "mpp_x" in data and "mpp_y" in data:
-        return parse_mpp_value((data["mpp_x"], data["mpp_y"]), f"MPP sidecar {path}")
+        return parse_mpp_value(
+            (data["mpp_x"], data["mpp_y"]), f"MPP sidecar {path}", example=example
+        )
     raise ConfigError(f"MPP sidecar {path} has no 'mpp' or 'mpp_x'/'mpp_y'; {fix}")
 
 
@@ -182,9 +209,18 @@ def resolve_mpp(
     vendor: tuple[float, float, str] | None,
     resolution: tuple[float, float] | None,
 ) -> Mpp | None:
-    """Apply the policy (module docstring); ``None`` when nothing gives a spacing."""
+    """Apply the policy (module docstring); ``None`` when nothing gives a spacing.
+
+    Raises
+    ------
+    ConfigError
+        An override or sidecar that is not a plausible spacing (see
+        :func:`parse_mpp_value`).
+    """
     if override is not None:
-        x, y = parse_mpp_value(override, f"--mpp for {slide}")
+        x, y = parse_mpp_value(
+            override, f"{slide}: MPP override (--mpp / slide.mpp / open_slide(mpp=))"
+        )
         return Mpp(x, y, "override")
     sc = read_sidecar(slide, sidecar)
     if sc is not None:
@@ -204,6 +240,6 @@ def require_mpp(slide: Path, mpp: Mpp | None, sidecar: str | None = "{stem}.mpp.
     if sidecar:
         hint = f' or write {sidecar_path(slide, sidecar).name} with {{"mpp": 0.25}} beside it'
     raise MissingMppError(
-        f"{slide}: no pixel spacing (MPP) in the slide metadata; "
-        f"give it with --mpp (um/px, e.g. --mpp 0.25){hint}"
+        f"{slide}: no pixel spacing (MPP) in the slide metadata; give it in um/px with "
+        f"--mpp (CLI, e.g. --mpp 0.25) / mpp= (open_slide){hint}"
     )
