@@ -21,6 +21,7 @@ from wsi_saliency.errors import (
     SlideTooSmallError,
     UnsupportedPixelTypeError,
 )
+from wsi_saliency.models import demo_model_dir
 
 
 def _run(*args: str) -> tuple[int, str, str]:
@@ -176,7 +177,7 @@ def test_failing_slides_do_not_stop_others(
     bad_inputs: dict[str, tuple[Path, type[Exception]]], rect_svs: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    bad = [p for p, _ in bad_inputs.values()]
+    bad = [p for p, _ in bad_inputs.values() if p.exists()]
     code, stdout, stderr = _run(
         *(str(p) for p in bad[:3]), str(rect_svs), *(str(p) for p in bad[3:]), "--out", str(out)
     )
@@ -202,12 +203,42 @@ def test_tcga_needs_mpp(tcga_slide: Path, tmp_path: Path) -> None:
     assert n > 0 and f"{n} tiles" in stdout
 
 
-def test_duplicate_stems(rect_svs: Path, tmp_path: Path) -> None:
+def test_duplicate_stems_get_distinct_folders_as_in_run(rect_svs: Path, tmp_path: Path) -> None:
     other = tmp_path / "x" / rect_svs.name
     other.parent.mkdir()
     other.write_bytes(rect_svs.read_bytes())
     code, _, stderr = _run(str(rect_svs), str(other), "--out", str(tmp_path / "o"))
-    assert code == 1 and "same name stem" in stderr
+    assert code == 0, stderr
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert len(names) == 2 and all(n.startswith(rect_svs.stem + "__") for n in names)
+
+
+def test_inputs_like_run_and_usage_errors_exit_2(rect_svs: Path, tmp_path: Path) -> None:
+    """Folders, globs and list files work as for `run`; a missing input is a usage error
+    before any slide is tiled, and nothing is written."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / rect_svs.name).write_bytes(rect_svs.read_bytes())
+    code, stdout, stderr = _run(str(folder), "--out", str(tmp_path / "o1"))
+    assert code == 0, stderr
+    assert (tmp_path / "o1" / rect_svs.stem / "tiles.geojson").is_file()
+    code, _, stderr = _run(str(folder / "*.svs"), "--out", str(tmp_path / "o2"))
+    assert code == 0, stderr
+    code, _, stderr = _run(str(rect_svs), str(tmp_path / "missing.svs"), "--out",
+                           str(tmp_path / "o3"))
+    assert code == 2 and "missing.svs" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o3").exists()
+
+
+def test_tile_size_and_spacing_default_to_the_model(rect_svs: Path, tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    cfg = json.loads((demo_model_dir() / "config.json").read_text())
+    cfg.update({"patch_size_pixels": 128, "spacing_um_px": 1.0})
+    (model / "config.json").write_text(json.dumps(cfg))
+    code, stdout, stderr = _run(str(rect_svs), "--out", str(tmp_path / "o"), "--model", str(model))
+    assert code == 0, stderr
+    assert "(128 px at 1 um/px)" in stdout
 
 
 def test_tiny_white_slide_is_too_small_not_tissueless(

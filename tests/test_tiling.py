@@ -18,7 +18,7 @@ from wsi_saliency.tiling import (
     make_grid,
     read_tile,
     read_tiles,
-    tile_bounds,
+    tile_boxes,
     tissue_fractions,
 )
 from wsi_saliency.tissue import detect_tissue
@@ -130,7 +130,7 @@ def test_grid_from_detected_tissue(rect_svs: Path, rect_spec: synthetic.Syntheti
     with open_slide(rect_svs) as r:
         tm = detect_tissue(r)
         g = make_grid(r.info, tm, tile_size=TILE, spacing=0.5, min_tissue=1.0)
-    b = tile_bounds(g)
+    b = tile_boxes(g)
     inside = _expected(2048, 1536, 0.5, TILE, 0.5, 0.0, 1.0)
     got = {(int(x), int(y)) for x, y in g.coords}
     assert {(x, y) for _, _, x, y in inside} <= got  # every tile wholly inside the rectangle
@@ -373,3 +373,19 @@ def test_real_pyramid_level_with_rounded_downsample(tcga_slide: Path) -> None:
         assert (tiles.reshape(2, -1).mean(axis=1) < 235).all()  # tissue, not background
         # finer than level 1: level 0
         assert make_grid(r.info, tm, tile_size=224, spacing=0.4).level == 0
+
+
+def test_tile_boxes_are_integer_and_share_edges(cmu_slide: Path) -> None:
+    """The tiles preview, tiles.geojson and tiles.csv draw the same integer boxes; tiles
+    without overlap share their edges even where the footprint is fractional (CMU:
+    224 px at 0.5 um/px = 224.449 level-0 px)."""
+    with open_slide(cmu_slide) as r:
+        g = make_grid(r.info, detect_tissue(r), tile_size=224, spacing=0.5)
+    b = tile_boxes(g)
+    assert b.dtype == np.int64
+    w = b[:, 2] - b[:, 0]
+    assert set(w.tolist()) <= {224, 225}
+    right = {(int(r), int(c)): int(x1) for r, c, x1 in zip(g.rows, g.cols, b[:, 2], strict=True)}
+    left = {(int(r), int(c)): int(x0) for r, c, x0 in zip(g.rows, g.cols, b[:, 0], strict=True)}
+    shared = [(k, right[k]) for k in right if (k[0], k[1] + 1) in left]
+    assert shared and all(left[(r, c + 1)] == x1 for (r, c), x1 in shared)

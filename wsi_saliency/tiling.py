@@ -41,7 +41,7 @@ __all__ = [
     "make_grid",
     "read_tile",
     "read_tiles",
-    "tile_bounds",
+    "tile_boxes",
     "tissue_fractions",
 ]
 
@@ -305,10 +305,24 @@ def read_tiles(
     return out
 
 
-def tile_bounds(grid: TileGrid) -> npt.NDArray[np.float64]:
-    """``(N, 4)`` level-0 ``(xmin, ymin, xmax, ymax)`` of every kept tile."""
-    c = grid.coords.astype(np.float64)
-    return np.concatenate([c, c + np.asarray(grid.size_level0)[None, :]], axis=1)
+def tile_boxes(grid: TileGrid) -> npt.NDArray[np.int64]:
+    """Integer level-0 boxes ``(x0, y0, x1, y1)`` of every kept tile, shape ``(N, 4)``.
+
+    ``x0, y0`` are ``grid.coords``; the far corner is
+    ``round((col * stride + tile_size) * spacing / mpp)`` (the same rounding as the
+    top-left), so tiles without overlap share their edges exactly. Every output that
+    draws tiles (``tiles.geojson``, ``tiles.csv``, the ``tiles`` preview) uses these.
+    """
+    ext = float(grid.tile_size) * float(grid.spacing)
+    step = float(grid.stride) * float(grid.spacing)
+    x1 = np.round((grid.cols.astype(np.float64) * step + ext) / float(grid.mpp.x))
+    y1 = np.round((grid.rows.astype(np.float64) * step + ext) / float(grid.mpp.y))
+    out = np.empty((len(grid), 4), dtype=np.int64)
+    out[:, 0] = grid.coords[:, 0]
+    out[:, 1] = grid.coords[:, 1]
+    out[:, 2] = x1.astype(np.int64)
+    out[:, 3] = y1.astype(np.int64)
+    return out
 
 
 def grid_geojson(grid: TileGrid, *, object_type: str = "tile") -> dict[str, Any]:
@@ -320,7 +334,7 @@ def grid_geojson(grid: TileGrid, *, object_type: str = "tile") -> dict[str, Any]
     if object_type not in ("tile", "detection", "annotation"):
         raise ValueError(f"unknown QuPath objectType {object_type!r}")
     feats = []
-    for k, (x0, y0, x1, y1) in enumerate(tile_bounds(grid).tolist()):
+    for k, (x0, y0, x1, y1) in enumerate(tile_boxes(grid).tolist()):
         ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
         feats.append(
             {

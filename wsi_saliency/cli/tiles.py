@@ -18,16 +18,14 @@ from pathlib import Path
 
 import click
 
-from wsi_saliency.errors import OutputError, WsiSaliencyError
+from wsi_saliency.batch import assign_output_names, discover_slides
+from wsi_saliency.errors import InputError, OutputError, WsiSaliencyError
+from wsi_saliency.inputs import companion_path, slide_stem
 from wsi_saliency.readers import BACKENDS, open_slide
 from wsi_saliency.tiling import check_slide_fits, grid_geojson, make_grid
 from wsi_saliency.tissue import mask_from_thumbnail, save_tissue_png, thumbnail_at_spacing
 
 __all__ = ["tile_slide", "tiles"]
-
-
-def _fill(pattern: str, slide: Path) -> str:
-    return pattern.replace("{stem}", slide.stem).replace("{name}", slide.name)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -62,6 +60,7 @@ def tile_slide(
     tissue_spacing: float = 8.0,
     min_object_um2: float = 20000.0,
     object_type: str = "tile",
+    name: str | None = None,
 ) -> tuple[int, Path]:
     """Tile one slide into ``out_dir/<stem>``; return the tile count and the folder.
 
@@ -73,7 +72,8 @@ def tile_slide(
     WsiSaliencyError
         Any of the slide, spacing, tissue or output errors.
     """
-    final = out_dir / slide.stem
+    name = name or slide_stem(slide)
+    final = out_dir / name
     with open_slide(slide, backend=backend, mpp=mpp) as reader:
         # a slide smaller than one tile is that, not "no tissue": check it first
         check_slide_fits(reader.info, tile_size=tile_size, spacing=spacing)
@@ -87,7 +87,7 @@ def tile_slide(
             method=tissue_method,
             threshold=tissue_threshold,
             min_object_um2=min_object_um2,
-            roi=_fill(roi, slide) if roi else None,
+            roi=companion_path(roi, slide) if roi else None,
             slide_dimensions=reader.info.dimensions,
             name=str(slide),
         )
@@ -103,7 +103,7 @@ def tile_slide(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
-    tmp = out_dir / f".{slide.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = out_dir / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()  # honours the umask, unlike tempfile.mkdtemp
     except OSError as exc:
@@ -126,7 +126,7 @@ def tile_slide(
 
 
 @click.command(name="tiles")
-@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option(
     "--out",
     "out",
@@ -141,18 +141,24 @@ def tile_slide(
     help="Level-0 spacing in um/px for every slide (overrides slide metadata).",
 )
 @click.option(
+    "--model",
+    "-m",
+    "model_dir",
+    default=None,
+    help="Model directory whose config.json gives the tile size and spacing "
+    "[default: the bundled demo model: 224 px at 0.5 um/px].",
+)
+@click.option(
     "--tile-size",
     type=click.IntRange(min=1),
-    default=224,
-    show_default=True,
-    help="Tile width = height in pixels at --spacing.",
+    default=None,
+    help="Tile width = height in pixels at --spacing [default: the model's].",
 )
 @click.option(
     "--spacing",
     type=click.FloatRange(min=0, min_open=True),
-    default=0.5,
-    show_default=True,
-    help="Tile spacing in um/px.",
+    default=None,
+    help="Tile spacing in um/px [default: the model's].",
 )
 @click.option(
     "--overlap",
@@ -210,11 +216,12 @@ def tile_slide(
     help="QuPath objectType of the tile features.",
 )
 def tiles(
-    slides: tuple[Path, ...],
+    inputs: tuple[str, ...],
     out: Path,
     mpp: float | None,
-    tile_size: int,
-    spacing: float,
+    model_dir: str | None,
+    tile_size: int | None,
+    spacing: float | None,
     overlap: float,
     min_tissue: float,
     backend: str,
@@ -224,21 +231,28 @@ def tiles(
     tissue_spacing: float,
     object_type: str,
 ) -> None:
-    """Preview tissue detection and the tile grid: writes tissue.png and tiles.geojson."""
+    """Preview tissue detection and the tile grid: writes tissue.png and tiles.geojson.
+
+    INPUT is a slide file, a folder (searched recursively), a quoted glob pattern or a
+    .txt file listing paths, as for `run`. Tile size and spacing default to the model's
+    (--model), so the preview matches what `run` will cut.
+    """
     # tifffile logs parse warnings for broken files; the one-line errors below say it all
     logging.getLogger("tifffile").setLevel(logging.ERROR)
+    try:
+        slides = discover_slides(inputs, exclude=[Path(os.path.abspath(out))])
+        if tile_size is None or spacing is None:
+            from wsi_saliency.models import demo_model_dir, read_config
+
+            spec = read_config(Path(model_dir or demo_model_dir()) / "config.json")
+            tile_size = tile_size or spec.patch_size
+            spacing = spacing or spec.spacing
+    except (InputError, WsiSaliencyError, OSError) as exc:
+        click.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        click.get_current_context().exit(2)
+        return
     failed = 0
-    seen: dict[str, Path] = {}
-    for slide in slides:
-        if slide.stem in seen:
-            click.echo(
-                f"error: {slide}: same name stem as {seen[slide.stem]}; its outputs would "
-                "overwrite each other - rename one or tile them into different --out folders",
-                err=True,
-            )
-            failed += 1
-            continue
-        seen[slide.stem] = slide
+    for slide, name in zip(slides, assign_output_names(slides), strict=True):
         try:
             n, folder = tile_slide(
                 slide,
@@ -254,6 +268,7 @@ def tiles(
                 tissue_threshold=tissue_threshold,
                 tissue_spacing=tissue_spacing,
                 object_type=object_type,
+                name=name,
             )
         except WsiSaliencyError as exc:
             msg = " ".join(str(exc).split())

@@ -10,7 +10,7 @@ import dask.array as da
 import numpy as np
 import numpy.typing as npt
 
-from wsi_saliency.types import TileGrid
+from wsi_saliency.tiling import tile_boxes
 
 __all__ = [
     "class_colors",
@@ -46,25 +46,6 @@ def class_colors(class_names: Sequence[str], tumor_class: int) -> list[tuple[int
         else:
             out.append(_OTHER_RGB[j % len(_OTHER_RGB)])
             j += 1
-    return out
-
-
-def tile_boxes(grid: TileGrid) -> npt.NDArray[np.int64]:
-    """Integer level-0 boxes ``(x0, y0, x1, y1)`` of every tile, shape ``(N, 4)``.
-
-    ``x0, y0`` are ``grid.coords``; the far corner is
-    ``round((col * stride + tile_size) * spacing / mpp)`` (the same rounding as the
-    top-left), so tiles without overlap share their edges exactly.
-    """
-    ext = float(grid.tile_size) * float(grid.spacing)
-    step = float(grid.stride) * float(grid.spacing)
-    x1 = np.round((grid.cols.astype(np.float64) * step + ext) / float(grid.mpp.x))
-    y1 = np.round((grid.rows.astype(np.float64) * step + ext) / float(grid.mpp.y))
-    out = np.empty((len(grid), 4), dtype=np.int64)
-    out[:, 0] = grid.coords[:, 0]
-    out[:, 1] = grid.coords[:, 1]
-    out[:, 2] = x1.astype(np.int64)
-    out[:, 3] = y1.astype(np.int64)
     return out
 
 
