@@ -439,3 +439,20 @@ def test_whole_slide_reads_are_identical_in_small_blocks(
         monkeypatch.setattr(base, "_STRIP_BYTES", 3 * 97 * 5)
         blocked = r.read_at_downsample(downsample)
     np.testing.assert_array_equal(blocked, whole)
+
+
+def test_coarse_user_mpp_is_accepted_with_a_warning(
+    rect_svs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--mpp 40 is a plausible spacing but more likely a magnification: say so."""
+    with caplog.at_level("WARNING", logger="wsi_saliency.readers.mpp"), open_slide(
+        rect_svs, mpp=40.0
+    ) as r:
+        assert r.info.mpp is not None and r.info.mpp.x == 40.0
+    assert any("not a magnification" in m for m in caplog.messages)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="wsi_saliency.readers.mpp"), open_slide(
+        rect_svs, mpp=0.25
+    ):
+        pass
+    assert not caplog.messages

@@ -22,6 +22,7 @@ found: ``None``, and :func:`require_mpp` raises
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -201,6 +202,20 @@ def mpp_from_resolution(
     return x, y
 
 
+#: Level-0 spacings above this (um/px) are rare for brightfield scans (below 5x); a user
+#: value above it may be a magnification typed as a spacing, so it is logged.
+UNUSUAL_MPP: Final[float] = 2.0
+
+
+def _warn_if_coarse(slide: Path, mpp: float, where: str) -> None:
+    if mpp > UNUSUAL_MPP:
+        logging.getLogger(__name__).warning(
+            "%s: %s gives %.4g um/px, unusually coarse for a level-0 scan (0.25 um/px is "
+            "typical at 40x, 0.5 at 20x); check it is a spacing, not a magnification",
+            slide, where, mpp,
+        )
+
+
 def resolve_mpp(
     slide: Path,
     *,
@@ -221,9 +236,11 @@ def resolve_mpp(
         x, y = parse_mpp_value(
             override, f"{slide}: MPP override (--mpp / slide.mpp / open_slide(mpp=))"
         )
+        _warn_if_coarse(slide, x, "--mpp")
         return Mpp(x, y, "override")
     sc = read_sidecar(slide, sidecar)
     if sc is not None:
+        _warn_if_coarse(slide, sc[0], "its MPP sidecar")
         return Mpp(sc[0], sc[1], "sidecar")
     if vendor is not None:
         return Mpp(vendor[0], vendor[1], vendor[2])
