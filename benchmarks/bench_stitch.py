@@ -14,7 +14,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import math
 import resource
 import sys
 import tempfile
@@ -23,36 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi_saliency import tiling
 from wsi_saliency.stitch import Stitcher
-from wsi_saliency.types import BatchResult, Mpp, TileGrid
+from wsi_saliency.types import BatchResult, Mpp, SlideInfo, TileGrid
 
 
 def full_grid(size: int, mpp: float, tile: int, spacing: float, overlap: float) -> TileGrid:
     """Every tile of a square ``size`` px slide (no tissue filtering)."""
-    stride = round(tile * (1.0 - overlap))
-    n = max(1, math.ceil((size * mpp / spacing - tile) / stride) + 1)
-    rr, cc = np.meshgrid(np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64), indexing="ij")
-    rows, cols = rr.ravel(), cc.ravel()
-    f = stride * spacing / mpp
-    coords = np.stack([np.round(cols * f), np.round(rows * f)], axis=1).astype(np.int64)
-    s0 = tile * spacing / mpp
-    return TileGrid(
-        tile_size=tile,
-        spacing=spacing,
-        overlap=overlap,
-        stride=stride,
-        mpp=Mpp(mpp, mpp, "override"),
-        level=0,
-        level_downsample=1.0,
-        scale=mpp / spacing,
-        size_level0=(s0, s0),
-        grid_shape=(n, n),
-        coords=coords,
-        rows=rows,
-        cols=cols,
-        tissue_fraction=np.ones(rows.shape[0], dtype=np.float32),
-        slide_dimensions=(size, size),
+    info = SlideInfo(
+        path="bench", backend="none", dimensions=(size, size), level_dimensions=((size, size),),
+        level_downsamples=(1.0,), mpp=Mpp(mpp, mpp, "override"),
     )
+    return tiling.full_grid(info, tile_size=tile, spacing=spacing, overlap=overlap)
 
 
 def peak_rss_mb() -> float:

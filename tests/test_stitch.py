@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 
 from wsi_saliency.errors import ConfigError, OutputError, StitchError
 from wsi_saliency.stitch import BLENDS, Stitcher, blend_window
-from wsi_saliency.types import BatchResult, Mpp, TileGrid
+from wsi_saliency.tiling import full_grid
+from wsi_saliency.types import BatchResult, Mpp, SlideInfo, TileGrid
 
 
 def make_grid(
@@ -23,33 +25,19 @@ def make_grid(
     overlap: float = 0.0,
     keep: np.ndarray | None = None,
 ) -> TileGrid:
-    """A TileGrid built by hand: every grid position over the slide (or those in ``keep``)."""
-    stride = round(tile * (1.0 - overlap))
-    ncols = max(1, math.ceil((width * mpp / spacing - tile) / stride) + 1)
-    nrows = max(1, math.ceil((height * mpp / spacing - tile) / stride) + 1)
-    rr, cc = np.meshgrid(np.arange(nrows), np.arange(ncols), indexing="ij")
-    rows, cols = rr.ravel().astype(np.int64), cc.ravel().astype(np.int64)
-    if keep is not None:
-        rows, cols = rows[keep], cols[keep]
-    f = stride * spacing / mpp
-    coords = np.stack([np.round(cols * f), np.round(rows * f)], axis=1).astype(np.int64)
-    s0 = tile * spacing / mpp
-    return TileGrid(
-        tile_size=tile,
-        spacing=spacing,
-        overlap=overlap,
-        stride=stride,
+    """Every grid position over the slide (or those in ``keep``)."""
+    info = SlideInfo(
+        path="test", backend="none", dimensions=(width, height),
+        level_dimensions=((width, height),), level_downsamples=(1.0,),
         mpp=Mpp(mpp, mpp, "override"),
-        level=0,
-        level_downsample=1.0,
-        scale=mpp / spacing,
-        size_level0=(s0, s0),
-        grid_shape=(nrows, ncols),
-        coords=coords,
-        rows=rows,
-        cols=cols,
+    )
+    g = full_grid(info, tile_size=tile, spacing=spacing, overlap=overlap)
+    rows, cols, coords = g.rows, g.cols, g.coords
+    if keep is not None:
+        rows, cols, coords = rows[keep], cols[keep], coords[keep]
+    return replace(
+        g, rows=rows, cols=cols, coords=coords,
         tissue_fraction=np.linspace(0.5, 1.0, rows.size).astype(np.float32),
-        slide_dimensions=(width, height),
     )
 
 

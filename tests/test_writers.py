@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from shapely.geometry import shape
 from wsi_saliency.config import OutputConfig, RunConfig, TilingConfig, config_hash
 from wsi_saliency.errors import ConfigError, OutputError
 from wsi_saliency.stitch import StitchedHeatmaps, Stitcher
-from wsi_saliency.types import BatchResult, Mpp, TileGrid
+from wsi_saliency.tiling import full_grid
+from wsi_saliency.types import BatchResult, Mpp, SlideInfo, TileGrid
 from wsi_saliency.writers import (
     SaliencyScaling,
     collect_hardware,
@@ -41,33 +41,14 @@ M = 14  # map size; 224 px tiles at 0.5 um/px -> 8 um heatmap pixels
 
 
 def make_grid(width: int, height: int, mpp: float, overlap: float = 0.0) -> TileGrid:
-    """Every 224 px @ 0.5 um tile over the slide (built by hand, like tiling.make_grid)."""
-    tile, spacing = 224, 0.5
-    stride = round(tile * (1 - overlap))
-    ncols = math.ceil((width * mpp / spacing - tile) / stride) + 1
-    nrows = math.ceil((height * mpp / spacing - tile) / stride) + 1
-    rr, cc = np.meshgrid(np.arange(nrows), np.arange(ncols), indexing="ij")
-    rows, cols = rr.ravel().astype(np.int64), cc.ravel().astype(np.int64)
-    f = stride * spacing / mpp
-    coords = np.stack([np.round(cols * f), np.round(rows * f)], 1).astype(np.int64)
-    s0 = tile * spacing / mpp
-    return TileGrid(
-        tile_size=tile,
-        spacing=spacing,
-        overlap=overlap,
-        stride=stride,
+    """Every 224 px @ 0.5 um tile over the slide."""
+    info = SlideInfo(
+        path="test", backend="none", dimensions=(width, height),
+        level_dimensions=((width, height),), level_downsamples=(1.0,),
         mpp=Mpp(mpp, mpp, "override"),
-        level=0,
-        level_downsample=1.0,
-        scale=mpp / spacing,
-        size_level0=(s0, s0),
-        grid_shape=(nrows, ncols),
-        coords=coords,
-        rows=rows,
-        cols=cols,
-        tissue_fraction=np.full(rows.size, 0.75, np.float32),
-        slide_dimensions=(width, height),
     )
+    g = full_grid(info, tile_size=224, spacing=0.5, overlap=overlap)
+    return replace(g, tissue_fraction=np.full(len(g), 0.75, np.float32))
 
 
 # Planted "tumour" tiles (grid row, col): a ring around (3, 3) with a hole, plus a blob.

@@ -37,6 +37,7 @@ from wsi_saliency.types import SlideInfo, TileGrid, TissueMask
 
 __all__ = [
     "check_slide_fits",
+    "full_grid",
     "grid_geojson",
     "make_grid",
     "read_tile",
@@ -271,6 +272,28 @@ def make_grid(
         tissue_fraction=frac[rows, cols].astype(np.float32),
         slide_dimensions=(int(w0), int(h0)),
     )
+
+
+def full_grid(
+    info: SlideInfo, *, tile_size: int, spacing: float, overlap: float = 0.0
+) -> TileGrid:
+    """Every grid position over the slide, without tissue filtering.
+
+    The same grid :func:`make_grid` lays (same coordinates, level and scale), with no
+    tile left out: for stitching results computed elsewhere, benchmarks and tests.
+    ``tissue_fraction`` is 1 for tiles wholly inside the slide.
+
+    Raises
+    ------
+    SlideTooSmallError, ConfigError
+        As :func:`make_grid`.
+    """
+    w0, h0 = info.dimensions
+    slide = TissueMask(
+        mask=np.ones((1, 1), dtype=bool), downsample=float(max(w0, h0)), spacing=0.0
+    )
+    return make_grid(info, slide, tile_size=tile_size, spacing=spacing, overlap=overlap,
+                     min_tissue=0.0)
 
 
 def read_tile(reader: SlideReader, grid: TileGrid, k: int) -> npt.NDArray[np.uint8]:
