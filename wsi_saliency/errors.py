@@ -10,6 +10,7 @@ Messages are one line, name the file or value at fault, and say what to do.
 from __future__ import annotations
 
 __all__ = [
+    "AnnotationError",
     "ClusterError",
     "ConfigError",
     "InputError",
@@ -90,6 +91,10 @@ class StitchError(WsiSaliencyError, ValueError):
 
 class MissingDependencyError(WsiSaliencyError, ImportError):
     """An optional package a feature needs is not installed (the message says what to install)."""
+
+
+class AnnotationError(WsiSaliencyError, ValueError):
+    """A lesion annotation file cannot be parsed, is empty, or does not fit its slide."""
 
 
 class ClusterError(WsiSaliencyError, ConnectionError):
