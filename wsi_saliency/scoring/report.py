@@ -216,13 +216,16 @@ def _plots(scores: RunScores, folder: Path) -> None:
 
     curve = scores.curve
     fig, ax = plt.subplots(figsize=(4.2, 3.4), dpi=100)
+    x_max = max(8.0, float(np.nanmax(curve.fp_per_slide)) if curve.fp_per_slide.size else 8.0)
     if curve.n_lesions:
-        ax.plot(curve.fp_per_slide[::-1], curve.sensitivity[::-1], "-", color="black", lw=1.2)
+        # ascending FP rate; flat beyond the last point, as the score reads it
+        x = np.r_[curve.fp_per_slide[::-1], x_max]
+        y = np.r_[curve.sensitivity[::-1], curve.sensitivity[0]]
+        ax.plot(x, y, "-", color="black", lw=1.2)
         ax.plot(scores.params.rates, scores.sensitivities, "o", color="tab:red", ms=4,
                 label=f"FROC score {scores.froc_score:.3f}")
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xscale("symlog", linthresh=0.25)
-    ax.set_xlim(0, max(8.0, float(np.nanmax(curve.fp_per_slide)) if curve.fp_per_slide.size else 8))
+    ax.set_xlim(-0.1, x_max)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("average false positives per slide")
     ax.set_ylabel("lesion sensitivity")
