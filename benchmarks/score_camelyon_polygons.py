@@ -81,7 +81,51 @@ def main() -> None:
           f"pixel AUROC {scores['pixel']['auroc']}")
     if args.images:
         for name in ("froc.png", "roc.png", "topk_dice.png"):
-            shutil.copy(out / "scores" / name, args.images / f"scoring-{name}")
+            shutil.copy(out / "scores" / name,
+                        args.images / f"scoring-{name.replace('_', '-')}")
+        localisation_figure(out, ann, ("tumor_093", "tumor_081"),
+                            args.images / "scoring-localisation.png")
+
+
+def localisation_figure(out: Path, ann: Path, names: tuple[str, ...], path: Path) -> None:
+    """Probability and saliency heatmaps of some slides with the lesion outlines and the
+    detections (crosses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from wsi_saliency.scoring.annotations import annotation_path, read_lesions
+    from wsi_saliency.scoring.masks import heatmap_lesion_mask
+    from wsi_saliency.scoring.run_output import read_heatmaps, read_run_slide
+
+    det = [ln.split(",") for ln in (out / "scores" / "detections.csv").read_text().splitlines()[1:]]
+    fig, axes = plt.subplots(len(names), 2, figsize=(6.4, 3.0 * len(names)), dpi=90)
+    for row, name in zip(axes, names, strict=True):
+        slide = read_run_slide(out / name)
+        pats = [f"{ann}/{{stem}}.{e}" for e in ("xml", "geojson", "json")]
+        found = annotation_path(pats, slide.slide_file, name)
+        assert found is not None
+        lesions = read_lesions(found, slide.dimensions)
+        prob, sal = read_heatmaps(slide)
+        mask = heatmap_lesion_mask(lesions.geometry, slide.shape, slide.downsample)
+        vmax = float(np.nanpercentile(np.abs(sal), 99)) or 1.0
+        sx, sy = slide.downsample
+        for ax, img, kw, title in (
+            (row[0], prob, {"cmap": "magma", "vmin": 0, "vmax": 1}, "tumour probability"),
+            (row[1], sal, {"cmap": "RdBu_r", "vmin": -vmax, "vmax": vmax}, "saliency"),
+        ):
+            ax.imshow(img, interpolation="nearest", **kw)
+            ax.contour(mask, levels=[0.5], colors="lime", linewidths=0.8)
+            pts = [(int(d[1]) / sx - 0.5, int(d[2]) / sy - 0.5, d[4]) for d in det if d[0] == name]
+            for x, y, outcome in pts:
+                ax.plot(x, y, "x", color="cyan" if outcome == "TP" else "yellow", ms=6, mew=1.5)
+            ax.set_title(f"{name}: {title}", fontsize=9)
+            ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

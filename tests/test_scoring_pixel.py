@@ -19,8 +19,8 @@ from wsi_saliency.scoring.run_output import TileTable
 
 
 def test_default_radius_is_ncrf_and_liu() -> None:
-    assert DEFAULT_NMS_RADIUS_UM == pytest.approx(12 * 64 * 0.243)
-    assert DEFAULT_NMS_RADIUS_UM == pytest.approx(6 * 128 * 0.243)
+    assert pytest.approx(12 * 64 * 0.243) == DEFAULT_NMS_RADIUS_UM
+    assert pytest.approx(6 * 128 * 0.243) == DEFAULT_NMS_RADIUS_UM
 
 
 def test_nms_keeps_maxima_suppresses_neighbours_and_places_centres() -> None:
