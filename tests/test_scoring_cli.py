@@ -268,3 +268,22 @@ def test_e2e_camelyon16_polygons_demo_model(test_data_dir: Path, tmp_path: Path)
     assert s["saliency"]["auroc_positive_mean"] > 0.9
     assert s["saliency"]["pointing_accuracy"] > 0.9
     assert s["saliency"]["topk_dice_best"] > 0.6
+
+
+def test_failed_slides_are_named_and_progress_is_reported(
+    toy_run: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    from wsi_saliency.scoring import score_run
+
+    out, ann = toy_run
+    (out / "batch-summary.json").write_text(json.dumps({"slides": [
+        {"name": "t1", "status": "done"}, {"name": "bad", "status": "failed"}]}))
+    calls: list[tuple[int, int, str]] = []
+    with caplog.at_level(logging.INFO, logger="wsi_saliency"):
+        scores = score_run(out, [f"{ann}/{{stem}}.geojson"],
+                           progress=lambda d, t, n: calls.append((d, t, n)))
+    assert calls == [(1, 2, "n1"), (2, 2, "t1")]
+    assert any("1 slide(s) failed in the run" in r.getMessage() and "bad" in r.getMessage()
+               for r in caplog.records)
+    assert [s.slide.name for s in scores.slides] == ["n1", "t1"]
+    assert scores.froc_score == pytest.approx(1.0)

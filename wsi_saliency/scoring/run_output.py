@@ -32,6 +32,7 @@ from wsi_saliency.errors import InputError
 
 __all__ = [
     "RunSlide",
+    "failed_slides",
     "TileTable",
     "find_run_slides",
     "read_heatmaps",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 RUN_JSON = "run.json"
+BATCH_SUMMARY = "batch-summary.json"
 HEATMAPS = "heatmaps.ome.zarr"
 TILES_CSV = "tiles.csv"
 
@@ -164,6 +166,24 @@ def find_run_slides(run_out: Path) -> list[RunSlide]:
             "finished `wsi-saliency run`"
         )
     return [read_run_slide(f) for f in folders]
+
+
+def failed_slides(run_out: Path) -> list[str]:
+    """Names of the slides ``batch-summary.json`` records as failed (none without it).
+
+    Such slides have no outputs, so they cannot be scored; the caller says so.
+    """
+    path = Path(run_out) / BATCH_SUMMARY
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        recs = data.get("slides", []) if isinstance(data, dict) else []
+        return sorted(
+            str(r.get("name") or r.get("input"))
+            for r in recs
+            if isinstance(r, dict) and r.get("status") == "failed"
+        )
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
 
 
 def read_heatmaps(

@@ -42,6 +42,7 @@ from wsi_saliency.scoring.masks import evaluation_mask, heatmap_lesion_mask
 from wsi_saliency.scoring.pixel import BinnedCounts, SlidePixelScores, slide_pixel_scores
 from wsi_saliency.scoring.run_output import (
     RunSlide,
+    failed_slides,
     find_run_slides,
     read_heatmaps,
     read_tile_table,
@@ -260,6 +261,12 @@ def score_run(
     params = params or ScoreParams()
     run_out = Path(run_out)
     slides = find_run_slides(run_out)
+    failed = failed_slides(run_out)
+    if failed:
+        log.warning(
+            "%d slide(s) failed in the run and have no outputs, so they are not scored "
+            "(re-run them first): %s", len(failed), ", ".join(failed),
+        )
     matched = match_annotations([(s.name, s.slide_file) for s in slides], annotations, negatives)
     lesions: dict[str, Lesions] = {}
     for s in slides:
