@@ -114,3 +114,25 @@ def test_heatmap_mask_at_pixel_centres_and_anisotropic() -> None:
     # sx = 32, sy = 16: rows at centres 8, 24, 40, 56 are inside, 72 is not
     m2 = heatmap_lesion_mask(geom, (8, 6), (32.0, 16.0))
     assert m2[:, 0].sum() == 4 and m2[0].sum() == 5
+
+
+@pytest.mark.parametrize("mpp", [(0.243, 0.243), (0.5, 0.5), (0.25, 0.3)])
+def test_cropped_computation_equals_the_whole_grid(mpp: tuple[float, float]) -> None:
+    """The mask is computed on the lesions' bounding box; compare with the whole grid."""
+    from scipy import ndimage
+    from skimage import measure
+
+    from wsi_saliency.roi import rasterize_geometry
+
+    rng = np.random.default_rng(5)
+    blobs = [shapely.Point(*rng.uniform(800, 7000, 2)).buffer(rng.uniform(50, 600))
+             for _ in range(8)]
+    ring = shapely.box(5000, 5000, 7000, 7000).difference(shapely.box(5400, 5400, 6600, 6600))
+    geom = shapely.union_all([*blobs, ring, shapely.box(0, 0, 300, 300)])  # one at the edge
+    dims = (8000, 7600)
+    m = evaluation_mask(geom, dims, mpp)
+    raw = rasterize_geometry(geom, m.labels.shape, 32.0)
+    dist = ndimage.distance_transform_edt(~raw, sampling=(mpp[1] / mpp[0], 1.0))
+    ref = measure.label(ndimage.binary_fill_holes(dist < dilation_threshold_px(mpp[0])),
+                        connectivity=2)
+    np.testing.assert_array_equal(m.labels, ref)

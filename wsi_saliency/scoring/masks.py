@@ -145,11 +145,20 @@ def evaluation_mask(
     if not raw.any():
         return EvaluationMask(np.zeros(shape, np.int32), frozenset(), ds)
     mx, my = mpp
+    thr = dilation_threshold_px(mx, level)
+    # work on the lesions' bounding box plus a margin wider than the growth: outside it
+    # nothing can change, and a background ring around the box keeps hole filling and
+    # the raster order of the labels the same as on the whole grid
+    rows, cols = np.flatnonzero(raw.any(axis=1)), np.flatnonzero(raw.any(axis=0))
+    pad_r = int(math.ceil(thr * mx / my)) + 2
+    pad_c = int(math.ceil(thr)) + 2
+    r0, r1 = max(0, rows[0] - pad_r), min(shape[0], rows[-1] + pad_r + 1)
+    c0, c1 = max(0, cols[0] - pad_c), min(shape[1], cols[-1] + pad_c + 1)
     # distance to the nearest lesion pixel, in level pixels along x
-    dist = ndimage.distance_transform_edt(~raw, sampling=(my / mx, 1.0))
-    grown = dist < dilation_threshold_px(mx, level)
-    filled = ndimage.binary_fill_holes(grown)
-    labels = measure.label(filled, connectivity=2).astype(np.int32)
+    dist = ndimage.distance_transform_edt(~raw[r0:r1, c0:c1], sampling=(my / mx, 1.0))
+    filled = ndimage.binary_fill_holes(dist < thr)
+    labels = np.zeros(shape, dtype=np.int32)
+    labels[r0:r1, c0:c1] = measure.label(filled, connectivity=2)
     limit = itc_threshold_px(math.sqrt(mx * my), level)
     itc = frozenset(
         int(p.label) for p in measure.regionprops(labels) if p.axis_major_length < limit
