@@ -121,3 +121,16 @@ def test_slide_pixel_scores_domain_and_counts() -> None:
     # 2 of 8 covered pixels are lesion; round(k * 8 / 100) = 2 first at k = 19
     assert s.best_topk == (19, pytest.approx(1.0))
     assert (s.pointing_hits, s.pointing_tiles, s.tumour_tiles) == (1, 1, 1)
+
+
+def test_one_sort_auroc_equals_mann_whitney_with_ties() -> None:
+    from wsi_saliency.scoring.pixel import pixel_auroc_ap
+
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        s = rng.integers(0, 8, 500).astype(np.float32) / 8  # many ties
+        y = rng.random(500) < 0.3
+        auc, ap = pixel_auroc_ap(s, y)
+        assert auc == pytest.approx(roc_auc(s, y), abs=1e-12)
+        assert ap == pytest.approx(average_precision(s.astype(np.float64), y))
+    assert np.isnan(pixel_auroc_ap(np.array([0.5, 0.6]), np.array([True, True]))[0])

@@ -84,9 +84,11 @@ def find_detections(
     list of Detection
         In decreasing probability.
     """
-    p = np.nan_to_num(np.asarray(probability, dtype=np.float64), nan=0.0)
+    p = np.asarray(probability)
     h, w = p.shape
-    flat = p.ravel()
+    flat = p.ravel()  # NaN > threshold is False: uncovered pixels never qualify ...
+    if threshold < 0:  # ... unless 0 does: then they count as probability 0
+        flat = np.nan_to_num(flat.astype(np.float64), nan=0.0)
     cand = np.flatnonzero(flat > threshold)
     if cand.size == 0:
         return []

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from wsi_saliency.scoring.froc import roc_auc
 from wsi_saliency.scoring.run_output import TileTable
 
 __all__ = [
@@ -43,6 +42,7 @@ __all__ = [
     "SlidePixelScores",
     "average_precision",
     "dice",
+    "pixel_auroc_ap",
     "pointing_game",
     "slide_pixel_scores",
     "topk_dice",
@@ -54,22 +54,48 @@ HISTOGRAM_BINS = 65536
 DICE_THRESHOLD = 0.5
 
 
+def _tie_group_counts(
+    scores: npt.ArrayLike, labels: npt.ArrayLike
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int, int]:
+    """Cumulative ``(tp, fp)`` at each distinct score, highest first, and ``(P, N)``."""
+    s = np.asarray(scores).ravel()
+    y = np.asarray(labels, dtype=bool).ravel()
+    order = np.argsort(-s, kind="stable")
+    s_sorted = s[order]
+    y_sorted = y[order]
+    del order
+    tp = np.cumsum(y_sorted, dtype=np.int64)
+    last = np.r_[np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), s.size - 1]
+    del s_sorted, y_sorted
+    tp = tp[last]
+    fp = last.astype(np.int64) + 1 - tp
+    return tp, fp, int(y.sum()), int(y.size - y.sum())
+
+
+def pixel_auroc_ap(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, float]:
+    """``(AUROC, average precision)`` from one sort (exact; ties count half in the AUROC).
+
+    The AUROC is the trapezoidal area under the ROC through every distinct threshold,
+    which equals the Mann-Whitney statistic with ties counted half (:func:`roc_auc`).
+    """
+    if np.asarray(scores).size == 0:
+        return float("nan"), float("nan")
+    tp, fp, n_pos, n_neg = _tie_group_counts(scores, labels)
+    if n_pos == 0:
+        return float("nan"), float("nan")
+    precision = tp / (tp + fp)
+    ap = float(np.sum(np.diff(np.r_[0, tp]) / n_pos * precision))
+    if n_neg == 0:
+        return float("nan"), ap
+    tpr = np.r_[0, tp] / n_pos
+    fpr = np.r_[0, fp] / n_neg
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+    return auc, ap
+
+
 def average_precision(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     """Average precision ``sum_n (R_n - R_{n-1}) P_n`` over distinct thresholds (NaN w/o positives)."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels, dtype=bool).ravel()
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        return float("nan")
-    order = np.argsort(-s, kind="stable")
-    s, y = s[order], y[order]
-    tp = np.cumsum(y)
-    fp = np.cumsum(~y)
-    last = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]  # end of each tie group
-    tp, fp = tp[last], fp[last]
-    precision = tp / (tp + fp)
-    recall = tp / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return pixel_auroc_ap(scores, labels)[1]
 
 
 def dice(pred: npt.ArrayLike, truth: npt.ArrayLike) -> float:
@@ -239,27 +265,29 @@ def slide_pixel_scores(
     """Pixel-level scores of one slide; adds its probability pixels to ``pooled``."""
     covered = np.isfinite(probability)
     domain = covered | lesion
-    p = np.where(covered, probability, 0.0)[domain]
+    p = np.nan_to_num(probability[domain], nan=0.0)  # uncovered lesion pixels: 0
     y = lesion[domain]
     if pooled is not None:
         pooled.add(p, y)
     pred = p >= DICE_THRESHOLD
     tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
     sal_dom = np.isfinite(saliency) & covered
-    s = saliency[sal_dom].astype(np.float64)
+    s = saliency[sal_dom]
     ys = lesion[sal_dom]
+    del domain, sal_dom
     both = bool(ys.any()) and not bool(ys.all())
     hits, eligible, n_tumour = pointing_game(saliency, lesion, tiles, step=step, map_size=map_size)
+    auroc, ap = pixel_auroc_ap(p, y)
     return SlidePixelScores(
-        n_pixels=int(domain.sum()),
+        n_pixels=int(p.size),
         n_lesion_pixels=int(y.sum()),
-        auroc=roc_auc(p, y),
-        average_precision=average_precision(p, y),
+        auroc=auroc,
+        average_precision=ap,
         dice=dice(pred, y),
         tp=tp,
         fp=fp,
         fn=fn,
-        saliency_auroc=roc_auc(np.maximum(s, 0.0), ys) if both else math.nan,
+        saliency_auroc=pixel_auroc_ap(np.maximum(s, 0), ys)[0] if both else math.nan,
         topk_dice=tuple(float(v) for v in topk_dice(s, ys)) if both else (),
         pointing_hits=hits,
         pointing_tiles=eligible,
