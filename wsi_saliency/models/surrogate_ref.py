@@ -118,7 +118,8 @@ def read_surrogate_ref(directory: str | Path, sha256_file: Any) -> SurrogateRef 
             raise InvalidModelError(
                 f"{path}: the classifier weights it references, {base_path}, are missing; "
                 "put them back or retrain with 'wsi-saliency surrogate ... --copy-weights'")
-    surrogate = data.get("surrogate") if isinstance(data.get("surrogate"), dict) else {}
+    raw = data.get("surrogate")
+    surrogate: dict[str, Any] = raw if isinstance(raw, dict) else {}
     file = d / str(surrogate.get("file", SURROGATE_WEIGHTS))
     layers = surrogate.get("layers", [])
     if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):

@@ -16,8 +16,8 @@ from torch.utils.hooks import RemovableHandle
 
 from wsi_saliency.errors import ConfigError, SaliencyUnsupportedError
 from wsi_saliency.models import LoadedModel
-from wsi_saliency.saliency.hooks import SMOOTHING_MODES, register_smoothing_hooks
 from wsi_saliency.models.surrogate_ref import check_surrogate
+from wsi_saliency.saliency.hooks import SMOOTHING_MODES, register_smoothing_hooks
 from wsi_saliency.saliency.layers import LayerInfo, default_layer, get_layer, trace_layers
 from wsi_saliency.saliency.methods import (
     CAPTUM_METHODS,
