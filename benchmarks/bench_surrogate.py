@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--slides", type=int, default=6, help="training slides generated")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--random-init", action="store_true", help="no warm start")
+    ap.add_argument("--warm-start", action="store_true", help="start from the conv weights")
     ap.add_argument("--keep", type=Path, default=None, help="write the surrogate folder here")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -86,7 +86,7 @@ def main() -> None:
         card = distill(model, [str(s) for s in slides], out,
                        TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
                                      lr=args.lr, device="cpu",
-                                     warm_start=not args.random_init),
+                                     warm_start=args.warm_start),
                        n_tiles=args.tiles, n_heldout=args.heldout, with_tv=False)
         wall = time.perf_counter() - t0
         tr, fid = card["training"], card["fidelity"]

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -133,20 +134,25 @@ class _Exact(nn.Module):
         return out
 
 
+def _reproduce_1x1(s: BilinearSurrogate, conv: nn.Conv2d) -> None:
+    """conv1 = the 1x1 conv as the centre tap of a 3x3 kernel, conv2 = identity."""
+    assert conv.bias is not None and s.conv1.bias is not None and s.conv2.bias is not None
+    with torch.no_grad():
+        s.conv1.weight.zero_()
+        s.conv1.weight[:, :, 1, 1] = conv.weight[:, :, 0, 0]
+        s.conv1.bias.copy_(conv.bias)
+        s.conv2.weight.zero_()
+        for c in range(conv.out_channels):
+            s.conv2.weight[c, c, 1, 1] = 1.0
+        s.conv2.bias.zero_()
+
+
 def test_surrogate_reproducing_a_1x1_stride2_conv_gives_the_original_model() -> None:
     torch.manual_seed(0)
     model = _Exact().eval()
     surrogates = SurrogateSet.for_module(model, 16)
     assert surrogates.names == ("down",)
-    s = surrogates["down"]
-    with torch.no_grad():  # conv1 = the 1x1 conv as the centre tap, conv2 = identity
-        s.conv1.weight.zero_()
-        s.conv1.weight[:, :, 1, 1] = model.down.weight[:, :, 0, 0]
-        s.conv1.bias.copy_(model.down.bias)
-        s.conv2.weight.zero_()
-        for c in range(6):
-            s.conv2.weight[c, c, 1, 1] = 1.0
-        s.conv2.bias.zero_()
+    _reproduce_1x1(surrogates["down"], model.down)
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         ref = model(x)
@@ -421,11 +427,15 @@ def test_cli_surrogate_then_run_bilinear_writes_every_output_aligned(
     for n in ("heatmaps.ome.zarr", "probability.ome.tif", "saliency.ome.tif", "tiles.geojson",
               "regions.geojson", "tiles.csv", "overlay.png", "tissue.png", "run.json"):
         assert (b / n).exists(), n
-    import pandas as pd
+    import csv
+
     import zarr
 
-    ta, tb = pd.read_csv(a / "tiles.csv"), pd.read_csv(b / "tiles.csv")
-    assert ta[["x", "y", "width", "height"]].equals(tb[["x", "y", "width", "height"]])
+    def boxes(folder: Path) -> list[tuple[str, ...]]:
+        with open(folder / "tiles.csv", newline="") as fh:
+            return [(r["x"], r["y"], r["width"], r["height"]) for r in csv.DictReader(fh)]
+
+    assert boxes(a) == boxes(b) and len(boxes(a)) > 10
     za, zb = zarr.open_group(str(a / "heatmaps.ome.zarr"), mode="r"), zarr.open_group(
         str(b / "heatmaps.ome.zarr"), mode="r")
     assert za.attrs["multiscales"] == zb.attrs["multiscales"]
@@ -462,14 +472,7 @@ def test_fidelity_of_a_reproducing_surrogate_is_perfect() -> None:
     spec = dataclasses.replace(load_model(None).spec, patch_size=16, input_size=16)
     loaded = LoadedModel(spec=spec, module=model)
     s = SurrogateSet.for_module(model, 16)
-    with torch.no_grad():
-        s["down"].conv1.weight.zero_()
-        s["down"].conv1.weight[:, :, 1, 1] = model.down.weight[:, :, 0, 0]
-        s["down"].conv1.bias.copy_(model.down.bias)
-        s["down"].conv2.weight.zero_()
-        for c in range(6):
-            s["down"].conv2.weight[c, c, 1, 1] = 1.0
-        s["down"].conv2.bias.zero_()
+    _reproduce_1x1(s["down"], model.down)
     fid = fidelity(loaded, s, _tiles(6, size=16))
     assert fid["top_class_agreement"] == 1.0 and fid["max_abs_dp"] < 1e-6
     assert fid["layers"]["down"]["l1"] < 1e-6

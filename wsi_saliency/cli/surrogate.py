@@ -32,7 +32,10 @@ EXIT_INTERRUPTED = 130
               help="Balance each slide's tiles across the classes the model predicts.")
 @click.option("--batch-size", type=int, default=16, show_default=True,
               help="Tiles per optimiser step.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--lr", type=float, default=1e-3, show_default=True,
+              help="Adam learning rate (cosine decay to 0).")
+@click.option("--warm-start", is_flag=True,
+              help="Start each surrogate from its convolution's weights (faster, less smooth).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the tile choice, the initialisation and the tile order.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
@@ -60,6 +63,7 @@ def surrogate(
     stratify: bool,
     batch_size: int,
     lr: float,
+    warm_start: bool,
     seed: int,
     device: str,
     precision: str,
@@ -93,7 +97,7 @@ def surrogate(
 
     setup_logging(log_level, log_format, quiet=quiet)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                             device=device, precision=precision)
+                             device=device, precision=precision, warm_start=warm_start)
     try:
         settings.check()
         if n_tiles < 1 or n_heldout < 1:

@@ -237,7 +237,7 @@ class TrainSettings:
     batch_size
         Tiles per optimiser step.
     lr
-        Adam learning rate.
+        Adam learning rate at the start; it decays to 0 over the run (cosine).
     seed
         Seed of the surrogates' initialisation and of the tile order.
     device
@@ -250,8 +250,9 @@ class TrainSettings:
         every epoch and when interrupted).
     warm_start
         Start each surrogate from its convolution's weights (see
-        :class:`~wsi_saliency.saliency.surrogate.BilinearSurrogate`) instead of a random
-        initialisation.
+        :class:`~wsi_saliency.saliency.surrogate.BilinearSurrogate`) instead of
+        PyTorch's random initialisation (the paper's). Faster to converge, but the
+        surrogate then starts as (and stays close to) the backward hook's smoothing.
     """
 
     epochs: int = 10
@@ -261,7 +262,7 @@ class TrainSettings:
     device: str = "auto"
     precision: str = "auto"
     checkpoint_every_s: float = 60.0
-    warm_start: bool = True
+    warm_start: bool = False
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for a bad value."""
@@ -463,6 +464,8 @@ def train_surrogates(
             while pos < steps_per_epoch:
                 idx = np.sort(order[pos * settings.batch_size:(pos + 1) * settings.batch_size])
                 x = _preprocess(model, tiles[idx], device)
+                for group in opt.param_groups:  # cosine decay, a function of the step
+                    group["lr"] = settings.lr * 0.5 * (1.0 + math.cos(math.pi * done / total))
                 with _capture(module, surrogates.names) as got, torch.no_grad(), autocast():
                     module(x)
                 with autocast():
@@ -847,7 +850,8 @@ def distill(
     key = settings_key(model, slides, tiles=n_tiles, heldout=n_heldout, seed=settings.seed,
                        stratify=stratify, min_tissue=min_tissue, mpp=mpp,
                        batch_size=settings.batch_size, lr=settings.lr,
-                       precision=settings.precision, warm_start=settings.warm_start)
+                       precision=settings.precision, warm_start=settings.warm_start,
+                       epochs=settings.epochs)
     cache = work / "tiles.npz"
     sample: TileSample | None = None
     if cache.is_file() and (work / "key.txt").is_file() \
