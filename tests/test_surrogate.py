@@ -271,6 +271,17 @@ def test_training_is_deterministic_and_resumes_to_the_same_weights(tmp_path: Pat
     assert not e.resumed
 
 
+def test_tiles_are_split_evenly_across_slides() -> None:
+    from wsi_saliency.saliency.surrogate_train import _quotas, _round_robin
+
+    assert _quotas([3, 10, 10], 15) == [3, 6, 6]
+    assert _quotas([10, 10, 10], 10) == [4, 3, 3]
+    assert _quotas([0, 5], 5) == [0, 5]
+    order = _round_robin(np.array([0, 0, 0, 0, 1, 1]), np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(6))
+    assert sorted(np.array([0, 0, 0, 0, 1, 1])[order[:4]].tolist()) == [0, 0, 1, 1]
+
+
 def test_bad_settings() -> None:
     with pytest.raises(ConfigError, match="--epochs"):
         TrainSettings(epochs=0).check()
@@ -327,6 +338,7 @@ def test_surrogate_folder_is_a_model_folder(demo_surrogate: Path) -> None:
     assert card["fidelity"]["tiles"] == 8
     assert set(card["fidelity"]["layers"]) == set(loaded.surrogate.layers)
     assert set(card["tv"]) == {"none", "backward-hook", "bilinear"}
+    assert card["tv"]["bilinear"] < card["tv"]["none"]  # no checkerboard
     assert card["sampling"]["per_slide"] and sum(card["sampling"]["per_class"].values()) == 24
     md = (demo_surrogate / "SURROGATE_CARD.md").read_text()
     assert "top-class agreement" in md and "loss_curve.png" in md
