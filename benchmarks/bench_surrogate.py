@@ -33,7 +33,8 @@ from wsi_saliency.models.train_demo import layout
 from wsi_saliency.readers import open_slide
 from wsi_saliency.saliency import SaliencyEngine, total_variation
 from wsi_saliency.saliency.surrogate import load_surrogates
-from wsi_saliency.saliency.surrogate_train import TrainSettings, distill, fidelity
+from wsi_saliency.saliency.surrogate_fidelity import fidelity
+from wsi_saliency.saliency.surrogate_train import TrainSettings, distill
 from wsi_saliency.synthetic import write_demo_slide, write_slide
 from wsi_saliency.tiling import make_grid, read_tiles
 from wsi_saliency.tissue import detect_tissue

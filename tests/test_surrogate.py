@@ -32,12 +32,8 @@ from wsi_saliency.saliency.surrogate import (
     surrogate_targets,
     surrogates_substituted,
 )
-from wsi_saliency.saliency.surrogate_train import (
-    TrainSettings,
-    distill,
-    fidelity,
-    train_surrogates,
-)
+from wsi_saliency.saliency.surrogate_fidelity import fidelity
+from wsi_saliency.saliency.surrogate_train import TrainSettings, distill, train_surrogates
 
 from conftest import rect_polygon  # isort: skip
 
@@ -272,7 +268,7 @@ def test_training_is_deterministic_and_resumes_to_the_same_weights(tmp_path: Pat
 
 
 def test_tiles_are_split_evenly_across_slides() -> None:
-    from wsi_saliency.saliency.surrogate_train import _quotas, _round_robin
+    from wsi_saliency.saliency.surrogate_tiles import _quotas, _round_robin
 
     assert _quotas([3, 10, 10], 15) == [3, 6, 6]
     assert _quotas([10, 10, 10], 10) == [4, 3, 3]

@@ -44,6 +44,7 @@ __all__ = [
     "SURROGATE_FORMAT",
     "BilinearSurrogate",
     "SurrogateSet",
+    "capture_conv_io",
     "conv_output_size",
     "load_surrogates",
     "register_surrogates",
@@ -314,6 +315,44 @@ def surrogates_substituted(module: nn.Module, surrogates: SurrogateSet) -> Itera
     handles = register_surrogates(module, surrogates)
     try:
         yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def capture_conv_io(
+    module: nn.Module, names: Sequence[str]
+) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Context manager: record ``(input, output)`` of the named modules, detached.
+
+    Parameters
+    ----------
+    module
+        The network.
+    names
+        Module paths (the replaced convolutions).
+
+    Yields
+    ------
+    dict
+        ``{name: (input, output)}``, filled by each forward pass inside the block; the
+        hooks are removed when the block exits.
+    """
+    got: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    mods = dict(module.named_modules())
+    handles = []
+
+    def hook(name: str) -> Any:
+        def fn(_m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            got[name] = (args[0].detach(), out.detach())
+
+        return fn
+
+    try:
+        for n in names:
+            handles.append(mods[n].register_forward_hook(hook(n)))
+        yield got
     finally:
         for h in handles:
             h.remove()
