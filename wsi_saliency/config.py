@@ -63,7 +63,7 @@ METHODS: tuple[str, ...] = (
     "grad-cam",
 )
 #: Smoothing of the strided convolutions (``model.smoothing``).
-SMOOTHINGS: tuple[str, ...] = ("none", "backward-hook", "forward-hook")
+SMOOTHINGS: tuple[str, ...] = ("none", "backward-hook", "forward-hook", "bilinear")
 #: Blending of overlapping tiles (``output.blend``).
 BLENDS: tuple[str, ...] = ("uniform", "hann")
 #: Keys that do not change a slide's outputs and are left out of :func:`config_hash`:

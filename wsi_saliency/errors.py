@@ -24,6 +24,7 @@ __all__ = [
     "SlideOpenError",
     "SlideTooSmallError",
     "StitchError",
+    "SurrogateError",
     "UnsafeWeightsError",
     "UnsupportedPixelTypeError",
     "WsiSaliencyError",
@@ -60,6 +61,10 @@ class ConfigError(WsiSaliencyError, ValueError):
 
 class InvalidModelError(WsiSaliencyError, ValueError):
     """A model directory is incomplete or its config.json is invalid."""
+
+
+class SurrogateError(ConfigError):
+    """``smoothing: bilinear`` without a surrogate, or one trained for other weights."""
 
 
 class UnsafeWeightsError(InvalidModelError):

@@ -92,8 +92,12 @@ def _sha256_file(path: Path) -> str | None:
 def _spec_dict(spec: Any) -> dict[str, Any]:
     if hasattr(spec, "__dataclass_fields__"):
         fields = spec.__dataclass_fields__
-        return {k: getattr(spec, k) for k in fields if k not in _SPEC_IGNORED}
-    return {k: v for k, v in vars(spec).items() if k not in _SPEC_IGNORED}
+        data = {k: getattr(spec, k) for k in fields if k not in _SPEC_IGNORED}
+    else:
+        data = {k: v for k, v in vars(spec).items() if k not in _SPEC_IGNORED}
+    if not data.get("surrogate_sha256"):  # only surrogate folders: other hashes unchanged
+        data.pop("surrogate_sha256", None)
+    return data
 
 
 def model_fingerprint(spec: Any) -> str:

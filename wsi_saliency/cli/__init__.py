@@ -23,6 +23,7 @@ from wsi_saliency.cli.demo import demo as demo_command
 from wsi_saliency.cli.layers import layers as layers_command
 from wsi_saliency.cli.run import run as run_command
 from wsi_saliency.cli.score import score as score_command
+from wsi_saliency.cli.surrogate import surrogate as surrogate_command
 from wsi_saliency.cli.tiles import tiles as tiles_command
 
 __all__ = ["cli", "main"]
@@ -39,6 +40,7 @@ cli.add_command(layers_command)
 cli.add_command(run_command)
 cli.add_command(demo_command)
 cli.add_command(score_command)
+cli.add_command(surrogate_command)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from torch import nn
 from wsi_saliency.errors import InvalidModelError
 from wsi_saliency.models.architectures import build_architecture
 from wsi_saliency.models.spec import ModelSpec, read_config
+from wsi_saliency.models.surrogate_ref import SurrogateRef, read_surrogate_ref
 from wsi_saliency.models.weights import (
     find_weights,
     is_torchscript,
@@ -34,10 +35,13 @@ class LoadedModel:
     module
         The network; it maps normalised images ``(B, 3, S, S)`` with
         ``S = spec.input_size`` to logits ``(B, spec.num_classes)``.
+    surrogate
+        The folder's bilinear surrogate (``surrogate.json``), if it has one.
     """
 
     spec: ModelSpec
     module: nn.Module
+    surrogate: SurrogateRef | None = None
 
 
 def demo_model_dir() -> Path:
@@ -110,7 +114,11 @@ def load_model(model_dir: str | Path | None = None, *, trust_code: bool = False)
                                 "config.json and model.safetensors")
     directory = directory.resolve()
     spec = read_config(directory / "config.json")
-    weights = find_weights(directory, spec.weights_file or None)
+    surrogate = read_surrogate_ref(directory, sha256_file)
+    if surrogate is not None and surrogate.base_weights is not None:
+        weights = surrogate.base_weights  # referenced by path (and SHA-256) in surrogate.json
+    else:
+        weights = find_weights(directory, spec.weights_file or None)
     digest = sha256_file(weights)
     torchscript = is_torchscript(weights)
     module: nn.Module
@@ -142,5 +150,6 @@ def load_model(model_dir: str | Path | None = None, *, trust_code: bool = False)
         source=str(directory),
         torchscript=torchscript,
         weights_file=weights.name,
+        surrogate_sha256=surrogate.actual_sha256 if surrogate is not None else "",
     )
-    return LoadedModel(spec=spec, module=module)
+    return LoadedModel(spec=spec, module=module, surrogate=surrogate)

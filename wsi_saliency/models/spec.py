@@ -77,6 +77,8 @@ class ModelSpec:
         Extra keyword arguments for the architecture builder.
     spec_version
         WSInfer config spec version.
+    surrogate_sha256
+        SHA-256 of the folder's ``surrogate.safetensors`` ("" without one).
     """
 
     name: str
@@ -96,6 +98,7 @@ class ModelSpec:
     weights_file: str = ""
     architecture_kwargs: dict[str, Any] = field(default_factory=dict)
     spec_version: str = "1.0"
+    surrogate_sha256: str = ""
 
     def __post_init__(self) -> None:
         if self.input_size == 0:

@@ -75,7 +75,8 @@ def find_weights(model_dir: str | Path, configured: str | None = None) -> Path:
     preferred = d / "model.safetensors"
     if preferred.is_file():
         return preferred
-    safes = sorted(p for p in d.glob("*.safetensors") if p.is_file())
+    safes = sorted(p for p in d.glob("*.safetensors")
+                   if p.is_file() and p.name != "surrogate.safetensors")
     if len(safes) == 1:
         return safes[0]
     if len(safes) > 1:

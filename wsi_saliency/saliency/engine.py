@@ -16,6 +16,7 @@ from torch.utils.hooks import RemovableHandle
 
 from wsi_saliency.errors import ConfigError, SaliencyUnsupportedError
 from wsi_saliency.models import LoadedModel
+from wsi_saliency.models.surrogate_ref import check_surrogate
 from wsi_saliency.saliency.hooks import SMOOTHING_MODES, register_smoothing_hooks
 from wsi_saliency.saliency.layers import LayerInfo, default_layer, get_layer, trace_layers
 from wsi_saliency.saliency.methods import (
@@ -25,8 +26,13 @@ from wsi_saliency.saliency.methods import (
     channel_attribution,
     reduce_channels,
 )
+from wsi_saliency.saliency.surrogate import SurrogateSet, load_surrogates, register_surrogates
 
-__all__ = ["SaliencyEngine", "resolve_device"]
+__all__ = ["ENGINE_SMOOTHINGS", "SaliencyEngine", "resolve_device"]
+
+#: Smoothing modes of the engine: the hooks' modes plus ``"bilinear"`` (the model
+#: folder's trained surrogates, :mod:`wsi_saliency.saliency.surrogate`).
+ENGINE_SMOOTHINGS: tuple[str, ...] = (*SMOOTHING_MODES, "bilinear")
 
 TileBatch = npt.NDArray[np.uint8] | torch.Tensor
 
@@ -88,9 +94,12 @@ class SaliencyEngine:
         One of :data:`~wsi_saliency.saliency.methods.METHODS`, or ``None`` for
         prediction only (the only choice for a TorchScript model).
     smoothing
-        ``"none"``, ``"backward-hook"`` (default; predictions unchanged) or
+        ``"none"``, ``"backward-hook"`` (default; predictions unchanged),
         ``"forward-hook"`` (changes predictions; :meth:`predict` and :meth:`run` then
-        both use the modified network, so probabilities match the explanation).
+        both use the modified network, so probabilities match the explanation) or
+        ``"bilinear"`` (the model folder's trained surrogates stand in for the strided
+        convolutions after the stem, in prediction too; needs a folder written by
+        ``wsi-saliency surrogate`` for these weights).
     device
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
     autocast
@@ -106,6 +115,9 @@ class SaliencyEngine:
     ConfigError
         Unknown method/smoothing/device/target, or a layer that is not a feature map
         computed once per forward pass.
+    SurrogateError
+        ``"bilinear"`` for a model without a surrogate, or with one trained for other
+        weights (a :class:`ConfigError`).
     LayerNotFoundError
         Unknown layer name (the message lists the closest names).
     SaliencyUnsupportedError
@@ -127,16 +139,16 @@ class SaliencyEngine:
         spec = model.spec
         self._spec = spec
         self._method = None if method is None else _choice(method, METHODS, "method")
-        self._smoothing = _choice(smoothing, SMOOTHING_MODES, "smoothing")
+        self._smoothing = _choice(smoothing, ENGINE_SMOOTHINGS, "smoothing")
         if spec.torchscript and self._method is not None:
             raise SaliencyUnsupportedError(
                 f"{spec.source}: a TorchScript model ({spec.weights_file}) serves prediction "
                 "only; for saliency provide config.json with a named architecture and "
                 "model.safetensors (state dict)"
             )
-        if spec.torchscript and self._smoothing == "forward-hook":
+        if spec.torchscript and self._smoothing in ("forward-hook", "bilinear"):
             raise SaliencyUnsupportedError(
-                f"{spec.source}: forward-hook smoothing cannot hook a TorchScript model; use "
+                f"{spec.source}: {self._smoothing} smoothing cannot hook a TorchScript model; use "
                 "smoothing 'none' or provide config.json + model.safetensors"
             )
         if ig_steps < 1:
@@ -160,8 +172,13 @@ class SaliencyEngine:
         self._map_shape: tuple[int, int] = (0, 0)
         self._stem: str | None = None
         self._layer_module: torch.nn.Module | None = None
+        self._surrogates: SurrogateSet | None = None
         if spec.torchscript:
             return
+        if self._smoothing == "bilinear":  # no surrogate / other weights: one-line error
+            ref = check_surrogate(model.surrogate, spec.weights_sha256, spec.source)
+            self._surrogates = load_surrogates(ref.weights, module, spec.input_size)
+            self._surrogates.to(self._device)
         if layer is not None:
             get_layer(module, layer)  # unknown name -> LayerNotFoundError before any tracing
         infos = trace_layers(module, spec.input_size)
@@ -288,14 +305,20 @@ class SaliencyEngine:
                               antialias=True)
         return ((x - self._mean) / self._std).contiguous()
 
+    def _register_smoothing(self) -> list[RemovableHandle]:
+        """The smoothing hooks, or the surrogates standing in for the strided convs."""
+        if self._surrogates is not None:
+            return register_surrogates(self._module, self._surrogates)
+        return register_smoothing_hooks(self._module, self._smoothing, stem=self._stem)
+
     @contextlib.contextmanager
     def _forward_hooks(self) -> Iterator[None]:
-        """Forward-hook smoothing (it changes the network, so prediction uses it too)."""
+        """Forward-hook / bilinear smoothing (they change the network, so prediction uses
+        them too)."""
         handles: list[RemovableHandle] = []
         try:
-            if self._smoothing == "forward-hook":
-                handles = register_smoothing_hooks(self._module, "forward-hook",
-                                                   stem=self._stem)
+            if self._smoothing in ("forward-hook", "bilinear"):
+                handles = self._register_smoothing()
             yield
         finally:
             for h in handles:
@@ -352,9 +375,9 @@ class SaliencyEngine:
 
         handles: list[RemovableHandle] = []
         try:
+            # smoothing first: a surrogate's output hook must run before the capture
+            handles.extend(self._register_smoothing())
             handles.append(self._layer_module.register_forward_hook(capture))
-            handles.extend(register_smoothing_hooks(self._module, self._smoothing,
-                                                    stem=self._stem))
             with torch.enable_grad(), self._autocast_ctx():
                 logits = self._module(x)
             if not captured:
@@ -379,8 +402,7 @@ class SaliencyEngine:
         assert self._layer_module is not None and self._method is not None
         handles: list[RemovableHandle] = []
         try:
-            handles.extend(register_smoothing_hooks(self._module, self._smoothing,
-                                                    stem=self._stem))
+            handles.extend(self._register_smoothing())
             with self._autocast_ctx():
                 attr = captum_layer_attribution(self._method, self._module,
                                                 self._layer_module, x, self._target,
