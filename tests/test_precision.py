@@ -260,7 +260,7 @@ def test_precisions_give_the_same_grid_and_outputs_within_the_guard(
     assert [(r["x"], r["y"], r["width"], r["height"]) for r in t32] == [
         (r["x"], r["y"], r["width"], r["height"]) for r in t16
     ]
-    dp = max(abs(float(a["prob_tumor"]) - float(b["prob_tumor"])) for a, b in zip(t32, t16))
+    dp = max(abs(float(a["prob_tumor"]) - float(b["prob_tumor"])) for a, b in zip(t32, t16, strict=True))
     assert dp <= 0.01
     (lab32, h32), (lab16, h16) = _heat(runs["fp32"]), _heat(runs["bf16"])
     assert lab32 == lab16 and h32.shape == h16.shape
