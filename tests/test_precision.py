@@ -312,3 +312,29 @@ def test_fp16_on_cpu_is_a_usage_error_before_any_output(slide: Path, tmp_path: P
     assert code == 2
     assert "fp16 is for CUDA GPUs only" in text
     assert not (tmp_path / "out").exists()
+
+
+def test_torchscript_model_runs_prediction_only(slide: Path, tmp_path: Path) -> None:
+    """A TorchScript model cannot explain, but ``--method none`` runs it: one heatmap
+    pixel per tile stride, no saliency outputs."""
+    from wsi_saliency.models.architectures import DemoCNN
+
+    d = tmp_path / "ts_model"
+    d.mkdir()
+    cfg = json.loads((demo_model_dir() / "config.json").read_text())
+    cfg.pop("saliency_layer", None)
+    (d / "config.json").write_text(json.dumps(cfg))
+    torch.manual_seed(0)
+    with pytest.warns(FutureWarning):  # torch.jit.trace is deprecated in torch >= 2.9
+        traced = torch.jit.trace(DemoCNN(num_classes=2).eval(), torch.zeros(1, 3, 224, 224))
+    traced.save(str(d / "torchscript_model.pt"))
+    out = tmp_path / "out"
+    code, text = _run(slide, out, "--model", str(d), "--method", "grad-cam")
+    assert code == 2 and "TorchScript" in text and not out.exists()
+    code, text = _run(slide, out, "--model", str(d), "--method", "none", "--smoothing", "none")
+    assert code == 0, text
+    files = {p.name for p in (out / "prec").iterdir()}
+    assert files == ALL_OUTPUTS - SALIENCY_OUTPUTS
+    run = json.loads((out / "prec" / "run.json").read_text())
+    assert run["saliency"]["map_shape"] == [1, 1]
+    assert run["heatmap"]["pixel_size_um"] == pytest.approx(224 * 0.5)

@@ -142,8 +142,8 @@ class SaliencyEngine:
         if spec.torchscript and self._method is not None:
             raise SaliencyUnsupportedError(
                 f"{spec.source}: a TorchScript model ({spec.weights_file}) serves prediction "
-                "only; for saliency provide config.json with a named architecture and "
-                "model.safetensors (state dict)"
+                "only (method 'none'); for saliency provide config.json with a named "
+                "architecture and model.safetensors (state dict)"
             )
         if spec.torchscript and self._smoothing == "forward-hook":
             raise SaliencyUnsupportedError(
