@@ -95,6 +95,20 @@ def test_gpu_image_uses_cuda_runtime_and_gpu_torch() -> None:
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in cpu
 
 
+@pytest.mark.parametrize("path", DOCKERFILES, ids=IDS)
+def test_images_install_torchvision_with_torch(path: Path) -> None:
+    """The WSInfer zoo architectures (torchvision) and nvJPEG decoding run in the images:
+    torchvision comes from the same index, in the release that matches torch."""
+    stage = final_stage(path.read_text())
+    assert re.search(r'"torch==\$\{TORCH_VERSION\}" "torchvision==\$\{TORCHVISION_VERSION\}"',
+                     stage)
+    torch_v = re.search(r"^ARG TORCH_VERSION=(\d+)\.(\d+)", stage, re.M)
+    tv_v = re.search(r"^ARG TORCHVISION_VERSION=(\d+)\.(\d+)", stage, re.M)
+    assert torch_v is not None and tv_v is not None
+    # torchvision 0.(N+15) pairs with torch 2.N
+    assert int(tv_v.group(2)) == int(torch_v.group(2)) + 15
+
+
 def test_dockerignore_keeps_the_context_small() -> None:
     ignore = dockerignore()
     for entry in (".git", ".venv", "tests", "**/__pycache__"):

@@ -191,8 +191,10 @@ def test_bad_arguments(demo: LoadedModel) -> None:
         eng.run(np.zeros((1, 224, 224, 3), np.float32))
     with pytest.raises(ValueError, match="uint8"):
         eng.run(np.zeros((1, 224, 224), np.uint8))
-    with pytest.warns(UserWarning, match="autocast"):
-        assert not SaliencyEngine(demo, autocast=True).autocast
+    with pytest.raises(ConfigError, match="fp16 is for CUDA"):
+        SaliencyEngine(demo, precision="fp16")
+    with pytest.raises(ConfigError, match="precision 'half'"):
+        SaliencyEngine(demo, precision="half")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA"):
             SaliencyEngine(demo, device="cuda")

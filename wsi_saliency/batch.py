@@ -554,6 +554,9 @@ class BatchSummary:
         ``running``, ``complete`` or ``interrupted``.
     started, finished
         ISO 8601 UTC timestamps.
+    precision
+        ``{"requested": ..., "used": ...}`` network precision of the batch (see
+        :func:`~wsi_saliency.saliency.precision.precision_record`).
     """
 
     out_dir: Path
@@ -564,6 +567,7 @@ class BatchSummary:
     status: str = "running"
     started: str = ""
     finished: str | None = None
+    precision: dict[str, str | None] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         """Number of slides per status."""
@@ -596,6 +600,7 @@ class BatchSummary:
             "config_hash": self.config_hash,
             "model": self.model,
             "config": self.config,
+            "precision": self.precision,
             "slides": [r.to_dict() for r in self.records],
         }
 
@@ -978,6 +983,8 @@ def start_batch(
     slide_names = list(names) if names is not None else assign_output_names(paths)
     if len(slide_names) != len(paths) or len({n.casefold() for n in slide_names}) != len(paths):
         raise ValueError("names must be distinct, one per slide")
+    from wsi_saliency.saliency.precision import precision_record  # noqa: PLC0415 - torch
+
     summary = BatchSummary(
         out_dir=out,
         records=[
@@ -987,6 +994,7 @@ def start_batch(
         model={"name": getattr(model.spec, "name", None), "weights_sha256": weights},
         config=config_to_dict(cfg),
         started=_now(),
+        precision=precision_record(cfg.inference.precision, cfg.inference.device),
     )
     summary.write()
     _notify(reporter, "batch_started", summary)

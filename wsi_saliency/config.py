@@ -14,6 +14,7 @@ import math
 import re
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "BLENDS",
     "HASH_EXCLUDED_KEYS",
     "METHODS",
+    "PRECISIONS",
     "SMOOTHINGS",
     "TISSUE_METHODS",
     "ConfigError",
@@ -61,7 +63,11 @@ METHODS: tuple[str, ...] = (
     "integrated-gradients",
     "deeplift",
     "grad-cam",
+    "none",
 )
+#: Numeric precision of the network (``inference.precision``); see
+#: :mod:`wsi_saliency.saliency.precision` for what ``auto`` picks.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 #: Smoothing of the strided convolutions (``model.smoothing``).
 SMOOTHINGS: tuple[str, ...] = ("none", "backward-hook", "forward-hook", "bilinear")
 #: Blending of overlapping tiles (``output.blend``).
@@ -148,7 +154,8 @@ class ModelConfig:
         ``gradient-x-activation`` (default: signed evidence for the target class where
         the tissue is), ``gradient`` (what would raise the target logit; with a
         near-linear head it hardly depends on the tile), ``integrated-gradients``,
-        ``deeplift`` or ``grad-cam``.
+        ``deeplift``, ``grad-cam``, or ``none``: prediction only (probabilities, tiles,
+        GeoJSON and probability heatmaps, no saliency outputs, no backward pass).
     smoothing
         ``none``, ``backward-hook`` or ``forward-hook``.
     target
@@ -179,8 +186,10 @@ class InferenceConfig:
         Tiles per model batch.
     workers
         Tile-reading threads per slide; 0 reads in the calling thread.
-    autocast
-        Mixed precision on CUDA.
+    precision
+        ``auto`` (bf16 on CUDA and on CPUs with native bfloat16, else fp32), ``fp32``,
+        ``bf16`` or ``fp16`` (CUDA only). Replaces the former ``autocast`` key, which is
+        still read (``true`` -> ``auto``, ``false`` -> ``fp32``) with a warning.
     scheduler
         ``None`` runs the slides one after another in this process. A Dask scheduler
         address (``tcp://host:8786``) runs each slide as a task on that cluster;
@@ -191,7 +200,7 @@ class InferenceConfig:
     device: str = "auto"
     batch_size: int = 32
     workers: int = 2
-    autocast: bool = False
+    precision: str = "auto"
     scheduler: str | None = None
 
 
@@ -261,6 +270,7 @@ _CLI_LABELS = types.MappingProxyType(
         "inference.batch_size": "--batch-size",
         "inference.workers": "--workers",
         "inference.scheduler": "--scheduler",
+        "inference.precision": "--precision",
         "tiling.tile_size": "--tile-size",
         "tiling.spacing": "--spacing",
         "tiling.overlap": "--overlap",
@@ -522,6 +532,8 @@ def _check_value(key: str, value: Any) -> str | None:  # noqa: C901 - one flat t
         if validate_device(value):
             return None
         return f"unknown device '{value}' (use auto, cpu, cuda, cuda:N or mps)"
+    if key == "inference.precision":
+        return _choice(value, PRECISIONS)
     if key == "inference.batch_size":
         return None if value >= 1 else f"{value} must be >= 1"
     if key == "inference.workers":
@@ -584,6 +596,7 @@ def build_config(
     cli_overrides: Mapping[str, Any] | None = None,
     *,
     source: str | Path | None = None,
+    warn_deprecated: bool = True,
 ) -> RunConfig:
     """Merge a YAML configuration and command-line values into a validated RunConfig.
 
@@ -599,6 +612,8 @@ def build_config(
         mean "not given" and are ignored.
     source
         Name of the YAML file, used in error messages.
+    warn_deprecated
+        Warn (``FutureWarning``) when the replaced key ``inference.autocast`` is used.
 
     Returns
     -------
@@ -612,6 +627,8 @@ def build_config(
     """
     origin = f"config file {source}" if source is not None else "config"
     values: dict[str, dict[str, Any]] = {name: {} for name, _ in _SECTIONS}
+    yaml_dict = _replace_autocast(yaml_dict, origin, warn=warn_deprecated)
+    cli_overrides = _replace_autocast_cli(cli_overrides, warn=warn_deprecated)
     for section, body in (yaml_dict or {}).items():
         _check_key(str(section), None, origin)
         if body is None:
@@ -635,6 +652,57 @@ def build_config(
         _check_key(section, name, "cli")
         _apply(values, key, raw, "cli")
     return _make(values)
+
+
+def _autocast_precision(raw: Any, where: str) -> str:
+    if not isinstance(raw, bool):
+        raise ConfigError(f"{where} = {raw!r} must be true or false (better: use "
+                          "inference.precision: auto, fp32, bf16 or fp16)")
+    return "auto" if raw else "fp32"
+
+
+def _replace_autocast(
+    data: Mapping[str, Any] | None, origin: str, *, warn: bool
+) -> Mapping[str, Any] | None:
+    """Rewrite the replaced ``inference.autocast`` into ``inference.precision``."""
+    if not data or not isinstance(data.get("inference"), Mapping):
+        return data
+    body = dict(data["inference"])
+    if "autocast" not in body:
+        return data
+    raw = body.pop("autocast")
+    new = _autocast_precision(raw, f"{origin}: inference.autocast")
+    if warn:
+        warnings.warn(
+            f"{origin}: inference.autocast is replaced by inference.precision; reading "
+            f"autocast: {str(raw).lower()} as precision: {new}",
+            FutureWarning,
+            stacklevel=3,
+        )
+    body.setdefault("precision", new)
+    return {**data, "inference": body}
+
+
+def _replace_autocast_cli(
+    data: Mapping[str, Any] | None, *, warn: bool
+) -> Mapping[str, Any] | None:
+    if not data or "inference.autocast" not in data:
+        return data
+    out = dict(data)
+    raw = out.pop("inference.autocast")
+    if raw is None:
+        return out
+    new = _autocast_precision(raw, "command line: --set inference.autocast")
+    if warn:
+        warnings.warn(
+            f"--set inference.autocast is replaced by --precision; reading it as "
+            f"--precision {new}",
+            FutureWarning,
+            stacklevel=3,
+        )
+    if out.get("inference.precision") is None:
+        out["inference.precision"] = new
+    return out
 
 
 def _make(values: Mapping[str, Mapping[str, Any]]) -> RunConfig:
@@ -680,7 +748,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str | Path | None = Non
     -------
     RunConfig
     """
-    return build_config(data, None, source=source)
+    return build_config(data, None, source=source, warn_deprecated=False)
 
 
 def config_hash(config: RunConfig, weights_sha256: str) -> str:

@@ -268,6 +268,11 @@ class StitchedHeatmaps:
     chunk_size: int
 
     @property
+    def has_saliency(self) -> bool:
+        """Whether a ``saliency`` channel was stitched (False for ``--method none``)."""
+        return "saliency" in self.channel_names
+
+    @property
     def downsample(self) -> tuple[float, float]:
         """Level-0 pixels per heatmap pixel ``(sx, sy)`` = ``pixel_size_um / mpp``."""
         return (
@@ -312,6 +317,11 @@ class Stitcher:
     extra_maps
         Names of ``BatchResult.extra`` maps to stitch as further channels (others are
         ignored).
+    saliency
+        Stitch the saliency channel (default). ``False`` for prediction only
+        (``--method none``): there is no ``saliency`` channel, ``BatchResult.maps`` must
+        be ``None`` and the per-tile saliency statistics stay NaN; ``map_shape`` still
+        sets the heatmap resolution.
     chunk_size
         Chunk edge of the on-disk arrays in heatmap pixels.
     cache_chunks
@@ -337,6 +347,7 @@ class Stitcher:
         blend: str = "uniform",
         tumor_class: int = 1,
         extra_maps: Sequence[str] = (),
+        saliency: bool = True,
         chunk_size: int = 512,
         cache_chunks: int = 32,
     ) -> None:
@@ -364,9 +375,10 @@ class Stitcher:
         self._extra = tuple(str(e) for e in extra_maps)
         others = [i for i in range(len(names)) if i != self._tumor]
         self._prob_order = [self._tumor, *others]
+        self._saliency = bool(saliency)
         channels = (
             f"probability_{names[self._tumor]}",
-            "saliency",
+            *(("saliency",) if self._saliency else ()),
             *(f"probability_{names[i]}" for i in others),
             *self._extra,
         )
@@ -494,8 +506,17 @@ class Stitcher:
         idx = np.asarray(result.indices, dtype=np.int64).reshape(-1)
         b = idx.shape[0]
         probs = np.asarray(result.probabilities, dtype=np.float32)
-        maps = np.asarray(result.maps, dtype=np.float32)
         m = self._m
+        if not self._saliency:
+            if result.maps is not None:
+                raise StitchError("this Stitcher was built without saliency (saliency=False) "
+                                  "but the batch carries maps: pass maps=None")
+            maps = np.zeros((b, m, m), dtype=np.float32)
+        elif result.maps is None:
+            raise StitchError("the batch has no saliency maps (maps=None) but this Stitcher "
+                              "stitches saliency: build it with saliency=False")
+        else:
+            maps = np.asarray(result.maps, dtype=np.float32)
         c = len(self._class_names)
         if probs.shape != (b, c):
             raise StitchError(
@@ -532,20 +553,24 @@ class Stitcher:
 
         # per-tile statistics
         self._probs[idx] = probs
-        flat = maps.reshape(b, -1)
-        self._s_mean[idx] = flat.mean(axis=1, dtype=np.float64).astype(np.float32)
-        self._s_max[idx] = flat.max(axis=1)
-        self._s_pos[idx] = (flat > 0).mean(axis=1, dtype=np.float64).astype(np.float32)
+        if self._saliency:
+            flat = maps.reshape(b, -1)
+            self._s_mean[idx] = flat.mean(axis=1, dtype=np.float64).astype(np.float32)
+            self._s_max[idx] = flat.max(axis=1)
+            self._s_pos[idx] = (flat > 0).mean(axis=1, dtype=np.float64).astype(np.float32)
         self._done[idx] = True
 
         # weighted blocks (B, C, m, m) built for the whole batch at once
         win = self._window
         block = np.empty((b, self._n_ch, m, m), dtype=np.float32)
         block[:, 0] = probs[:, self._prob_order[0], None, None] * win
-        block[:, 1] = maps * win
+        first = 1
+        if self._saliency:
+            block[:, 1] = maps * win
+            first = 2
         for j, ci in enumerate(self._prob_order[1:]):
-            block[:, 2 + j] = probs[:, ci, None, None] * win
-        base = 1 + len(self._prob_order)
+            block[:, first + j] = probs[:, ci, None, None] * win
+        base = first + len(self._prob_order) - 1
         for j, e in enumerate(extras):
             block[:, base + j] = e * win
 

@@ -185,14 +185,14 @@ class BatchResult:
         ``(B, num_classes)`` float32 softmax probabilities.
     maps
         ``(B, h, w)`` float32 raw (signed, unnormalised) saliency at the layer's
-        resolution.
+        resolution; ``None`` for prediction only (``--method none``).
     extra
         Optional further per-tile maps by name, each ``(B, h, w)`` float32.
     """
 
     indices: npt.NDArray[np.int64]
     probabilities: npt.NDArray[np.float32]
-    maps: npt.NDArray[np.float32]
+    maps: npt.NDArray[np.float32] | None
     extra: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
 
     def __len__(self) -> int:

@@ -46,7 +46,7 @@ from wsi_saliency.writers import (
 )
 from wsi_saliency.writers.run_meta import to_jsonable
 
-__all__ = ["SlideResult", "check_run", "run_slide"]
+__all__ = ["SlideResult", "check_run", "heatmap_map_shape", "run_slide"]
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +164,24 @@ def _tile_batches(
 
 
 def _engine(model: LoadedModel, config: RunConfig, device: torch.device) -> SaliencyEngine:
+    method = config.model.method
     return SaliencyEngine(
         model,
         layer=config.model.layer,
-        method=config.model.method,
+        method=None if method == "none" else method,
         smoothing=config.model.smoothing,
         device=device,
-        autocast=config.inference.autocast,
+        precision=config.inference.precision,
         target=config.model.target,
     )
+
+
+def heatmap_map_shape(engine: SaliencyEngine) -> tuple[int, int]:
+    """Per-tile heatmap resolution: the explained layer's map; ``(1, 1)`` (one heatmap
+    pixel per tile) for a prediction-only TorchScript model, which has no layers."""
+    if engine.method is None and not engine.layer:
+        return (1, 1)
+    return engine.map_shape
 
 
 def check_run(model: LoadedModel, config: RunConfig) -> SaliencyEngine:
@@ -207,7 +216,7 @@ def check_run(model: LoadedModel, config: RunConfig) -> SaliencyEngine:
             f"output.blend {config.output.blend!r} is not one of {', '.join(BLENDS)}"
         )
     engine = _engine(model, config, resolve_device(config.inference.device))
-    check_tile_geometry(config.tiling.tile_size, config.tiling.overlap, engine.map_shape)
+    check_tile_geometry(config.tiling.tile_size, config.tiling.overlap, heatmap_map_shape(engine))
     return engine
 
 
@@ -288,24 +297,29 @@ def run_slide(
             )
         engine = _engine(model, config, device)
         scratch = out_dir / ".scratch.zarr"
+        explain = engine.method is not None
         stitcher = Stitcher(
             scratch,
             grid,
-            engine.map_shape,
+            heatmap_map_shape(engine),
             model.spec.class_names,
             blend=config.output.blend,
             tumor_class=model.spec.tumor_class,
+            saliency=explain,
         )
         log.info(
-            "%s: %d tiles of %d px at %.3g um/px (level %d), layer %s, %s + %s on %s",
+            "%s: %d tiles of %d px at %.3g um/px (level %d), layer %s, %s + %s on %s (%s)",
             slide_path.name, len(grid), tile_size, spacing, grid.level, engine.layer,
-            config.model.method, config.model.smoothing, device,
+            config.model.method, config.model.smoothing, device, engine.precision,
         )
         n_done = 0
         t_inf = time.perf_counter()
         for idx, tiles in _tile_batches(slide_path, config, info, grid, device):
             with watch.stage("model"):
-                probs, maps = engine.run(tiles)
+                if explain:
+                    probs, maps = engine.run(tiles)
+                else:
+                    probs, maps = engine.predict(tiles), None
             with watch.stage("stitch"):
                 stitcher.add(BatchResult(indices=idx, probabilities=probs, maps=maps))
             n_done += len(idx)
@@ -352,11 +366,11 @@ def run_slide(
         },
         "saliency": {
             "layer": engine.layer,
-            "method": engine.method,
+            "method": engine.method or "none",
             "smoothing": engine.smoothing,
             "target": model.spec.class_names[engine.target],
-            "map_shape": list(engine.map_shape),
-            "display_scaling": scaling.as_dict(),
+            "map_shape": list(heatmap_map_shape(engine)),
+            "display_scaling": scaling.as_dict() if scaling is not None else None,
         },
         "slide": _slide_facts(info),
         "tissue": {
@@ -386,6 +400,9 @@ def run_slide(
         "inference": {
             "batch_size": config.inference.batch_size,
             "workers": config.inference.workers,
+            "precision": engine.precision,
+            "precision_requested": config.inference.precision,
+            "channels_last": engine.channels_last,
             "tiles_per_second": round(tiles_per_s, 2),
         },
         "timings_s": timings,

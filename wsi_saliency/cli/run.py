@@ -31,6 +31,7 @@ from wsi_saliency.cli._logging import (
 from wsi_saliency.config import (
     BACKENDS,
     METHODS,
+    PRECISIONS,
     SMOOTHINGS,
     RunConfig,
     build_config,
@@ -235,7 +236,12 @@ def _target(value: str | None) -> str | int | None:
     "'package.module:callable' architectures). Only for model folders you trust.",
 )
 @click.option("--layer", default=None, help="Layer explained [default: the model's].")
-@click.option("--method", type=click.Choice(METHODS), default=None, help="Saliency method.")
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default=None,
+    help="Saliency method; 'none' predicts only (no saliency outputs).",
+)
 @click.option("--smoothing", type=click.Choice(SMOOTHINGS), default=None, help="Smoothing hooks.")
 @click.option("--target", default=None, help="Class explained, name or index [default: tumour].")
 @click.option("--mpp", type=float, default=None, help="Level-0 um/px for every slide (override).")
@@ -246,6 +252,13 @@ def _target(value: str | None) -> str | int | None:
 )
 @click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Slide reader.")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [default: auto].")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default=None,
+    help="Network precision: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), "
+    "fp32, bf16, fp16 (CUDA only) [default: auto].",
+)
 @click.option("--batch-size", type=int, default=None, help="Tiles per model batch [default: 32].")
 @click.option("--workers", type=int, default=None, help="Tile-reading workers [default: 2].")
 @click.option(
@@ -283,6 +296,7 @@ def run(
     mpp_sidecar: str | None,
     backend: str | None,
     device: str | None,
+    precision: str | None,
     batch_size: int | None,
     workers: int | None,
     scheduler: str | None,
@@ -318,6 +332,7 @@ def run(
         "slide.mpp_sidecar": mpp_sidecar,
         "slide.backend": backend,
         "inference.device": device,
+        "inference.precision": precision,
         "inference.batch_size": batch_size,
         "inference.workers": workers,
         "inference.scheduler": scheduler,

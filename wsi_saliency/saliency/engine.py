@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +26,11 @@ from wsi_saliency.saliency.methods import (
     reduce_channels,
 )
 from wsi_saliency.saliency.surrogate import SurrogateSet, load_surrogates, register_surrogates
+from wsi_saliency.saliency.precision import (
+    FP16_GRAD_SCALE,
+    autocast_context,
+    resolve_precision,
+)
 
 __all__ = ["ENGINE_SMOOTHINGS", "SaliencyEngine", "resolve_device"]
 
@@ -102,9 +106,15 @@ class SaliencyEngine:
         ``wsi-saliency surrogate`` for these weights).
     device
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
-    autocast
-        Mixed precision (bfloat16 where supported, else float16) on CUDA; ignored with
-        a warning on the CPU.
+    precision
+        ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` (CUDA only) or ``"auto"`` (see
+        :func:`~wsi_saliency.saliency.precision.resolve_precision`). The network runs
+        under autocast in that precision; attributions are computed and reduced in
+        float32.
+    channels_last
+        Run the network in channels-last memory layout (faster on CPU and CUDA; same
+        numbers up to float rounding). Switched off by itself when the model cannot run
+        channels-last inputs (e.g. a ``view`` on a feature map).
     target
         Explained class (index or class name); ``None`` is the model's tumour class.
     ig_steps
@@ -132,7 +142,8 @@ class SaliencyEngine:
         method: str | None = "gradient",
         smoothing: str = "backward-hook",
         device: str | torch.device = "cpu",
-        autocast: bool = False,
+        precision: str = "fp32",
+        channels_last: bool = True,
         target: int | str | None = None,
         ig_steps: int = 16,
     ) -> None:
@@ -143,8 +154,8 @@ class SaliencyEngine:
         if spec.torchscript and self._method is not None:
             raise SaliencyUnsupportedError(
                 f"{spec.source}: a TorchScript model ({spec.weights_file}) serves prediction "
-                "only; for saliency provide config.json with a named architecture and "
-                "model.safetensors (state dict)"
+                "only (method 'none'); for saliency provide config.json with a named "
+                "architecture and model.safetensors (state dict)"
             )
         if spec.torchscript and self._smoothing in ("forward-hook", "bilinear"):
             raise SaliencyUnsupportedError(
@@ -155,10 +166,7 @@ class SaliencyEngine:
             raise ConfigError(f"ig_steps must be >= 1, got {ig_steps}")
         self._ig_steps = int(ig_steps)
         self._device = resolve_device(device)
-        self._autocast = bool(autocast) and self._device.type == "cuda"
-        if autocast and not self._autocast:
-            warnings.warn("autocast is only used on CUDA; running in float32 on the CPU",
-                          stacklevel=2)
+        self._precision = resolve_precision(precision, self._device)
         self._target = self._resolve_target(target)
         module = model.module
         module.eval()
@@ -173,6 +181,8 @@ class SaliencyEngine:
         self._stem: str | None = None
         self._layer_module: torch.nn.Module | None = None
         self._surrogates: SurrogateSet | None = None
+        self._channels_last = bool(channels_last) and self._device.type in ("cpu", "cuda") \
+            and self._accepts_channels_last()
         if spec.torchscript:
             return
         if self._smoothing == "bilinear":  # no surrogate / other weights: one-line error
@@ -204,10 +214,14 @@ class SaliencyEngine:
     # ------------------------------------------------------------------ properties
     @property
     def map_shape(self) -> tuple[int, int]:
-        """``(h, w)`` of the saliency maps (the layer's resolution at the model input size)."""
-        if self._method is None:
-            raise SaliencyUnsupportedError("this engine was built for prediction only "
-                                           "(method=None)")
+        """``(h, w)`` of the saliency maps (the layer's resolution at the model input size).
+
+        Known for prediction-only engines too (the heatmap grid of ``--method none`` is
+        the layer's), except for a TorchScript model, which has no layers to trace.
+        """
+        if self._map_shape == (0, 0):
+            raise SaliencyUnsupportedError("this engine has no explained layer (a TorchScript "
+                                           "model serves prediction only)")
         return self._map_shape
 
     @property
@@ -231,9 +245,14 @@ class SaliencyEngine:
         return self._device
 
     @property
-    def autocast(self) -> bool:
-        """Whether mixed precision is in use."""
-        return self._autocast
+    def precision(self) -> str:
+        """Precision the network runs in: ``"fp32"``, ``"bf16"`` or ``"fp16"``."""
+        return self._precision
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the network runs in channels-last memory layout."""
+        return self._channels_last
 
     @property
     def target(self) -> int:
@@ -277,10 +296,21 @@ class SaliencyEngine:
         return info
 
     def _autocast_ctx(self) -> contextlib.AbstractContextManager[Any]:
-        if not self._autocast:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        return autocast_context(self._precision, self._device)
+
+    def _accepts_channels_last(self) -> bool:
+        """Whether one channels-last sample runs through the model without error."""
+        size = self._spec.input_size
+        x = torch.zeros((1, 3, size, size), device=self._device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        self._module.to(memory_format=torch.channels_last)
+        try:
+            with torch.inference_mode():
+                self._module(x)
+        except RuntimeError:
+            self._module.to(memory_format=torch.contiguous_format)
+            return False
+        return True
 
     def preprocess(self, tiles: TileBatch) -> torch.Tensor:
         """Turn uint8 tiles ``(B, H, W, 3)`` into the normalised input ``(B, 3, S, S)``.
@@ -303,7 +333,10 @@ class SaliencyEngine:
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                               antialias=True)
-        return ((x - self._mean) / self._std).contiguous()
+        x = (x - self._mean) / self._std
+        if self._channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous()
 
     def _register_smoothing(self) -> list[RemovableHandle]:
         """The smoothing hooks, or the surrogates standing in for the strided convs."""
@@ -389,9 +422,13 @@ class SaliencyEngine:
                     f"the logits do not depend on layer {name!r} through autograd; choose "
                     "another layer")
             score = logits[:, self._target].float().sum()
-            (grad,) = torch.autograd.grad(score, act, allow_unused=True)
+            scale = FP16_GRAD_SCALE if self._precision == "fp16" else 1.0
+            (grad,) = torch.autograd.grad(score * scale if scale != 1.0 else score, act,
+                                          allow_unused=True)
             if grad is None:
                 grad = torch.zeros_like(act)
+            elif scale != 1.0:
+                grad = grad.float() / scale
         finally:
             for h in handles:
                 h.remove()

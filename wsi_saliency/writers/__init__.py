@@ -82,7 +82,7 @@ def write_heatmap_outputs(
     thumbnail_downsample: float,
     output: OutputConfig | None = None,
     name: str = "",
-) -> tuple[dict[str, Path], SaliencyScaling]:
+) -> tuple[dict[str, Path], SaliencyScaling | None]:
     """Write every output except ``run.json`` into ``out_dir``.
 
     Parameters
@@ -103,7 +103,8 @@ def write_heatmap_outputs(
     tuple
         ``({key: path}, saliency scaling used in overlay.png)``; keys are
         ``heatmaps``, ``probability``, ``saliency``, ``tiles_geojson``,
-        ``regions_geojson``, ``tiles_csv``, ``overlay``.
+        ``regions_geojson``, ``tiles_csv``, ``overlay``. Heatmaps without saliency
+        (``--method none``) give no ``saliency`` file and scaling None.
     """
     cfg = output or OutputConfig()
     out_dir = Path(out_dir)

@@ -73,6 +73,7 @@ def _tile_features(heatmaps: StitchedHeatmaps, id_seed: str) -> Iterator[dict[st
     colors = class_colors(names, heatmaps.tumor_class)
     boxes = tile_boxes(grid)
     done = np.flatnonzero(stats.done)
+    with_saliency = heatmaps.has_saliency
     for k in done.tolist():
         x0, y0, x1, y1 = (int(v) for v in boxes[k])
         probs = stats.probabilities[k]
@@ -80,11 +81,12 @@ def _tile_features(heatmaps: StitchedHeatmaps, id_seed: str) -> Iterator[dict[st
         measurements: dict[str, float | None] = {
             f"prob_{n}": clean_float(probs[i]) for i, n in enumerate(names)
         }
-        measurements["saliency_mean"] = clean_float(stats.saliency_mean[k])
-        measurements["saliency_max"] = clean_float(stats.saliency_max[k])
-        measurements["saliency_positive_fraction"] = clean_float(
-            stats.saliency_positive_fraction[k]
-        )
+        if with_saliency:
+            measurements["saliency_mean"] = clean_float(stats.saliency_mean[k])
+            measurements["saliency_max"] = clean_float(stats.saliency_max[k])
+            measurements["saliency_positive_fraction"] = clean_float(
+                stats.saliency_positive_fraction[k]
+            )
         measurements["tissue_fraction"] = clean_float(grid.tissue_fraction[k])
         yield {
             "type": "Feature",

@@ -175,7 +175,8 @@ def write_heatmap_tiffs(
     Returns
     -------
     dict
-        ``{"probability": path, "saliency": path}``.
+        ``{"probability": path, "saliency": path}``; no ``saliency.ome.tif`` when the
+        heatmaps have no saliency channel (``--method none``).
     """
     out_dir = Path(out_dir)
     if levels is None:
@@ -191,10 +192,10 @@ def write_heatmap_tiffs(
             for a in levels
         ]
     out: dict[str, Path] = {}
-    for key, fname, ch in (
-        ("probability", PROBABILITY_FILENAME, 0),
-        ("saliency", SALIENCY_FILENAME, 1),
-    ):
+    files = [("probability", PROBABILITY_FILENAME, 0)]
+    if heatmaps.has_saliency:
+        files.append(("saliency", SALIENCY_FILENAME, heatmaps.channel_index("saliency")))
+    for key, fname, ch in files:
         out[key] = write_ome_tiff(
             out_dir / fname, [x[ch] for x in lv], heatmaps.pixel_size_um, name=key
         )

@@ -69,22 +69,24 @@ class SaliencyScaling:
 
 def display_heatmaps(
     heatmaps: StitchedHeatmaps, max_px: int = 2048
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], float]:
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None, float]:
     """Probability and saliency at the finest 2x level whose larger side <= ``max_px``.
 
     Returns
     -------
     tuple
-        ``(probability (h, w), saliency (h, w), pixel size in um)``, NaN where uncovered.
+        ``(probability (h, w), saliency (h, w), pixel size in um)``, NaN where uncovered;
+        saliency is None when the heatmaps have none (``--method none``).
     """
-    x = da.from_zarr(heatmaps.heatmap)[:2]
+    chans = [0, heatmaps.channel_index("saliency")] if heatmaps.has_saliency else [0]
+    x = da.from_zarr(heatmaps.heatmap)[chans]
     p = float(heatmaps.pixel_size_um)
     while max(x.shape[1:]) > max_px:
         x = downsample2(x, int(heatmaps.chunk_size))
         p *= 2.0
     with dask.config.set(scheduler="threads"):
         arr = np.asarray(x.compute(), dtype=np.float32)
-    return arr[0], arr[1], p
+    return arr[0], (arr[1] if len(chans) > 1 else None), p
 
 
 def scale_bar_length(extent_um: float) -> tuple[float, str]:
@@ -136,8 +138,9 @@ def write_overlay(
     max_display_px: int = 2048,
     title: str | None = None,
     dpi: int = 100,
-) -> SaliencyScaling:
-    """Draw ``overlay.png``.
+) -> SaliencyScaling | None:
+    """Draw ``overlay.png``: slide, probability and saliency panels (no saliency panel
+    for heatmaps without saliency, ``--method none``).
 
     Parameters
     ----------
@@ -164,8 +167,8 @@ def write_overlay(
 
     Returns
     -------
-    SaliencyScaling
-        The saliency scaling used (record it in ``run.json``).
+    SaliencyScaling or None
+        The saliency scaling used (record it in ``run.json``); None without saliency.
 
     Raises
     ------
@@ -178,7 +181,9 @@ def write_overlay(
     if thumb.ndim != 3 or thumb.shape[2] < 3:
         raise ValueError(f"thumbnail must be (h, w, 3) RGB, got shape {thumb.shape}")
     prob, sal, pix_um = display_heatmaps(heatmaps, max_display_px)
-    scaling = _saliency_scaling(sal, saliency_range, percentile, pix_um)
+    scaling = (
+        _saliency_scaling(sal, saliency_range, percentile, pix_um) if sal is not None else None
+    )
 
     slide_w, slide_h = (float(v) for v in heatmaps.grid.slide_dimensions)
     mpp_x, mpp_y = float(heatmaps.grid.mpp.x), float(heatmaps.grid.mpp.y)
@@ -191,12 +196,11 @@ def write_overlay(
     panel_w = 5.0
     fig_h = min(max(panel_w * aspect, 2.5), 12.0) + 1.0
     # an explicit Agg canvas: no pyplot, no global backend switch
-    fig = Figure(figsize=(3 * panel_w + 1.5, fig_h), dpi=dpi)
+    n_panels = 3 if scaling is not None else 2
+    fig = Figure(figsize=(n_panels * panel_w + 1.5, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3, squeeze=True)
+    axes = fig.subplots(1, n_panels, squeeze=True)
     prob_cmap = matplotlib.colormaps["viridis"].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
-    sal_cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
-    sal_norm = mcolors.TwoSlopeNorm(vcenter=0.0, vmin=scaling.vmin, vmax=scaling.vmax)
 
     for ax in axes:
         ax.imshow(thumb[..., :3], extent=thumb_extent, interpolation="bilinear")
@@ -209,25 +213,29 @@ def write_overlay(
         alpha=0.6,
         interpolation="nearest",
     )
-    im_s = axes[2].imshow(
-        np.ma.masked_invalid(sal),
-        extent=heat_extent,
-        cmap=sal_cmap,
-        norm=sal_norm,
-        alpha=0.75,
-        interpolation="nearest",
-    )
     fig.colorbar(im_p, ax=axes[1], fraction=0.046, pad=0.02, label="tumour probability")
-    what = (
-        f"fixed [{scaling.vmin:.3g}, {scaling.vmax:.3g}]"
-        if scaling.mode == "fixed"
-        else f"\u00b1 p{scaling.percentile:g} |s| = {scaling.vmax:.3g}"
-    )
-    fig.colorbar(im_s, ax=axes[2], fraction=0.046, pad=0.02, label=f"saliency ({what})")
+    titles = ["slide", "tumour probability"]
+    if scaling is not None:
+        assert sal is not None
+        sal_cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
+        sal_norm = mcolors.TwoSlopeNorm(vcenter=0.0, vmin=scaling.vmin, vmax=scaling.vmax)
+        im_s = axes[2].imshow(
+            np.ma.masked_invalid(sal),
+            extent=heat_extent,
+            cmap=sal_cmap,
+            norm=sal_norm,
+            alpha=0.75,
+            interpolation="nearest",
+        )
+        what = (
+            f"fixed [{scaling.vmin:.3g}, {scaling.vmax:.3g}]"
+            if scaling.mode == "fixed"
+            else f"\u00b1 p{scaling.percentile:g} |s| = {scaling.vmax:.3g}"
+        )
+        fig.colorbar(im_s, ax=axes[2], fraction=0.046, pad=0.02, label=f"saliency ({what})")
+        titles.append("saliency (signed, 0 = white)")
     length_um, label = scale_bar_length(slide_w * mpp_x)
-    for ax, name in zip(
-        axes, ("slide", "tumour probability", "saliency (signed, 0 = white)"), strict=True
-    ):
+    for ax, name in zip(axes, titles, strict=True):
         ax.set_xlim(0.0, slide_w)
         ax.set_ylim(slide_h, 0.0)
         ax.set_title(name)

@@ -31,9 +31,12 @@ def _fmt(v: float) -> str:
     return f"{f:.6g}" if math.isfinite(f) else ""
 
 
-def tile_table_columns(class_names: tuple[str, ...] | list[str]) -> list[str]:
-    """Header of ``tiles.csv`` for the given classes."""
-    return [
+def tile_table_columns(
+    class_names: tuple[str, ...] | list[str], *, saliency: bool = True
+) -> list[str]:
+    """Header of ``tiles.csv`` for the given classes (without the saliency columns when
+    ``saliency`` is False, as for ``--method none``)."""
+    columns = [
         "tile",
         "x",
         "y",
@@ -44,10 +47,10 @@ def tile_table_columns(class_names: tuple[str, ...] | list[str]) -> list[str]:
         "tissue_fraction",
         *(f"prob_{n}" for n in class_names),
         "predicted_class",
-        "saliency_mean",
-        "saliency_max",
-        "saliency_positive_fraction",
     ]
+    if saliency:
+        columns += ["saliency_mean", "saliency_max", "saliency_positive_fraction"]
+    return columns
 
 
 def write_tiles_csv(path: Path, heatmaps: StitchedHeatmaps) -> Path:
@@ -72,10 +75,20 @@ def write_tiles_csv(path: Path, heatmaps: StitchedHeatmaps) -> Path:
     try:
         with open(path, "w", encoding="utf-8", newline="") as fh:
             wr = csv.writer(fh, lineterminator="\n")
-            wr.writerow(tile_table_columns(names))
+            with_saliency = heatmaps.has_saliency
+            wr.writerow(tile_table_columns(names, saliency=with_saliency))
             for k in np.flatnonzero(stats.done).tolist():
                 x0, y0, x1, y1 = (int(v) for v in boxes[k])
                 probs = stats.probabilities[k]
+                sal = (
+                    [
+                        _fmt(stats.saliency_mean[k]),
+                        _fmt(stats.saliency_max[k]),
+                        _fmt(stats.saliency_positive_fraction[k]),
+                    ]
+                    if with_saliency
+                    else []
+                )
                 wr.writerow(
                     [
                         k,
@@ -88,9 +101,7 @@ def write_tiles_csv(path: Path, heatmaps: StitchedHeatmaps) -> Path:
                         _fmt(grid.tissue_fraction[k]),
                         *(_fmt(p) for p in probs),
                         names[int(np.argmax(probs))],
-                        _fmt(stats.saliency_mean[k]),
-                        _fmt(stats.saliency_max[k]),
-                        _fmt(stats.saliency_positive_fraction[k]),
+                        *sal,
                     ]
                 )
     except OSError as exc:

@@ -1,0 +1,190 @@
+"""Throughput of the whole job against a plain fp32 prediction loop, and the accuracy guard.
+
+For each model (a torchvision ResNet-18 with random weights, seed 0, in a WSInfer-style
+model folder, and the bundled demo model) on the generated demo slide, with the same
+batch size and torch threads, prints in one run:
+
+* ``baseline``: a plain fp32 NCHW prediction-only loop under ``torch.inference_mode``
+  over the slide's tiles decoded beforehand (uint8 -> float, normalise, model, softmax);
+* ``engine <precision>``: prediction + saliency of the engine alone on the same tiles,
+  for fp32 NCHW, fp32 channels-last and bf16 channels-last (when bf16 is usable);
+* ``job saliency``: the whole :func:`wsi_saliency.worker.run_slide` call with saliency
+  (read, tissue, model, stitch, every writer) at ``--precision`` (default auto), in
+  patches/s of wall time, and its ratio to the baseline (goal >= 1.8x);
+* ``job predict``: the same with ``--method none`` (goal >= 2.5x);
+* the accuracy guard of the precision used against fp32 NCHW on the same tiles:
+  max |dp| (goal <= 0.01) and Pearson correlation of the saliency maps (goal >= 0.99).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_throughput.py [--batch-size 32] [--workers 2]
+        [--device cpu] [--precision auto] [--models resnet18,demo] [--max-tiles 256]
+"""
+
+from __future__ import annotations
+
+import os
+
+# as the CLI does: passive OpenMP waiting so reader threads and PyTorch share the cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from wsi_saliency import synthetic
+from wsi_saliency.config import InferenceConfig, ModelConfig, RunConfig, resolve_model_defaults
+from wsi_saliency.models import LoadedModel, demo_model_dir, load_model
+from wsi_saliency.readers import open_slide
+from wsi_saliency.saliency import SaliencyEngine
+from wsi_saliency.saliency.engine import resolve_device
+from wsi_saliency.saliency.precision import cpu_has_native_bf16, resolve_precision
+from wsi_saliency.tiling import make_grid, read_tiles
+from wsi_saliency.tissue import detect_tissue
+from wsi_saliency.worker import run_slide
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_worker import resnet18_dir  # noqa: E402
+
+
+def slide_tiles(model: LoadedModel, cfg: RunConfig, slide: Path) -> npt.NDArray[np.uint8]:
+    """Every tile of the slide's grid, decoded (the job's grid)."""
+    cfg = resolve_model_defaults(cfg, model.spec)
+    assert cfg.tiling.tile_size is not None and cfg.tiling.spacing is not None
+    with open_slide(slide) as reader:
+        mask = detect_tissue(reader, spacing=cfg.tissue.spacing)
+        grid = make_grid(
+            reader.info, mask, tile_size=cfg.tiling.tile_size, spacing=cfg.tiling.spacing,
+            overlap=cfg.tiling.overlap, min_tissue=cfg.tiling.min_tissue,
+        )
+        return read_tiles(reader, grid, np.arange(len(grid)))
+
+
+def baseline(model: LoadedModel, tiles: npt.NDArray[np.uint8], bs: int,
+             device: torch.device) -> float:
+    """Patches/s of a plain fp32 NCHW prediction loop under inference_mode."""
+    net = model.module.eval().to(device=device, memory_format=torch.contiguous_format)
+    mean = torch.tensor(model.spec.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(model.spec.std, device=device).view(1, 3, 1, 1)
+
+    def step(batch: npt.NDArray[np.uint8]) -> None:
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+            torch.softmax(net((x - mean) / std).float(), dim=1).cpu()
+
+    step(tiles[:bs])  # warm-up
+    t = time.perf_counter()
+    for s in range(0, len(tiles), bs):
+        step(tiles[s : s + bs])
+    return len(tiles) / (time.perf_counter() - t)
+
+
+def engine_run(engine: SaliencyEngine, tiles: npt.NDArray[np.uint8], bs: int
+               ) -> tuple[float, npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Patches/s of prediction + saliency, and the outputs."""
+    engine.run(tiles[:bs])  # warm-up
+    probs, maps = [], []
+    t = time.perf_counter()
+    for s in range(0, len(tiles), bs):
+        p, m = engine.run(tiles[s : s + bs])
+        probs.append(p)
+        maps.append(m)
+    rate = len(tiles) / (time.perf_counter() - t)
+    return rate, np.concatenate(probs), np.concatenate(maps)
+
+
+def job(model: LoadedModel, cfg: RunConfig, slide: Path, root: Path) -> tuple[float, int, str]:
+    """Whole-job patches/s (wall time of run_slide), tiles, precision used."""
+    import json
+
+    out = Path(tempfile.mkdtemp(dir=root))
+    t = time.perf_counter()
+    res = run_slide(slide, model, cfg, out)
+    total = time.perf_counter() - t
+    run = json.loads((out / "run.json").read_text())
+    return res.n_tiles / total, res.n_tiles, str(run["inference"]["precision"])
+
+
+def guard(p_ref: npt.NDArray[np.float32], m_ref: npt.NDArray[np.float32],
+          p: npt.NDArray[np.float32], m: npt.NDArray[np.float32]) -> tuple[float, float]:
+    """Max |dp| of the probabilities and Pearson r of the saliency maps."""
+    dp = float(np.abs(p.astype(np.float64) - p_ref).max())
+    r = float(np.corrcoef(m.ravel().astype(np.float64), m_ref.ravel().astype(np.float64))[0, 1])
+    return dp, r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--models", default="resnet18,demo")
+    ap.add_argument("--max-tiles", type=int, default=256,
+                    help="tiles for the in-memory loops (baseline, engine, guard)")
+    args = ap.parse_args()
+
+    device = resolve_device(args.device)
+    used = resolve_precision(args.precision, device)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, "
+          f"batch {args.batch_size}, reader threads {args.workers}, precision {args.precision} "
+          f"-> {used} (native CPU bf16: {cpu_has_native_bf16()})")
+    bs = args.batch_size
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        slide = synthetic.write_demo_slide(root / "demo.svs")
+        dirs = {"demo": demo_model_dir()}
+        if "resnet18" in args.models:
+            dirs["resnet18"] = resnet18_dir(root)
+        cfg = RunConfig(
+            inference=InferenceConfig(device=args.device, batch_size=bs, workers=args.workers,
+                                      precision=args.precision)
+        )
+        for name in args.models.split(","):
+            model = load_model(dirs[name])
+            tiles = slide_tiles(model, cfg, slide)[: args.max_tiles]
+            base = baseline(model, tiles, bs, device)
+            print(f"\n[{name}] {len(tiles)} pre-decoded tiles")
+            print(f"  baseline fp32 NCHW predict, inference_mode : {base:8.1f} patches/s")
+            ref = SaliencyEngine(model, method="gradient-x-activation", device=device,
+                                 precision="fp32", channels_last=False)
+            r_ref, p_ref, m_ref = engine_run(ref, tiles, bs)
+            print(f"  engine fp32 NCHW   predict + saliency      : {r_ref:8.1f} patches/s "
+                  f"({r_ref / base:.2f}x)")
+            variants = [("fp32", True)]
+            if used != "fp32":
+                variants.append((used, True))
+            elif args.device == "cpu" or device.type == "cuda":
+                try:
+                    resolve_precision("bf16", device)
+                    variants.append(("bf16", True))
+                except ValueError:
+                    pass
+            for prec, cl in variants:
+                eng = SaliencyEngine(model, method="gradient-x-activation", device=device,
+                                     precision=prec, channels_last=cl)
+                r, p, m = engine_run(eng, tiles, bs)
+                dp, pr = guard(p_ref, m_ref, p, m)
+                ok = "holds" if dp <= 0.01 and pr >= 0.99 else "FAILS"
+                print(f"  engine {prec} {'channels-last' if eng.channels_last else 'NCHW':13s} "
+                      f"predict + saliency : {r:8.1f} patches/s ({r / base:.2f}x)  "
+                      f"guard: max|dp| {dp:.2e}, saliency r {pr:.5f} ({ok})")
+            model.module.to(memory_format=torch.contiguous_format)
+            sal, n, prec_used = job(model, cfg, slide, root)
+            print(f"  whole job, saliency ({prec_used}, {n} tiles)       : {sal:8.1f} patches/s "
+                  f"= {sal / base:.2f}x baseline (goal >= 1.8x)")
+            none_cfg = dataclasses.replace(cfg, model=ModelConfig(method="none"))
+            pred, n, prec_used = job(model, none_cfg, slide, root)
+            print(f"  whole job, --method none ({prec_used})        : {pred:8.1f} patches/s "
+                  f"= {pred / base:.2f}x baseline (goal >= 2.5x)")
+
+
+if __name__ == "__main__":
+    main()
