@@ -77,16 +77,85 @@ def box_average(x: torch.Tensor, size: int = 2) -> torch.Tensor:
 
 
 class SmoothGradient(torch.autograd.Function):
-    """Identity in the forward pass; box-averages the gradient in the backward pass."""
+    """Identity in the forward pass; box-averages the gradient in the backward pass.
+
+    With a ``gain`` map (see :func:`border_gain`) the box-averaged gradient is multiplied
+    by it; ``gain`` is exactly 1.0 away from the borders, so the interior is bitwise the
+    plain box average.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, size: int) -> torch.Tensor:  # noqa: D102
+    def forward(ctx: Any, x: torch.Tensor, size: int,  # noqa: D102
+                gain: torch.Tensor | None = None) -> torch.Tensor:
         ctx.size = size
+        ctx.gain = gain
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
-        return box_average(grad, ctx.size), None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: D102
+        out = box_average(grad, ctx.size)
+        if ctx.gain is not None:
+            out = out * ctx.gain.to(dtype=out.dtype)
+        return out, None, None
+
+
+def _term_counts(conv: nn.Conv2d, h: int, w: int, margin: int) -> torch.Tensor:
+    """How many (output pixel, kernel tap) terms of ``conv``'s backward reach every pixel
+    of an ``h x w`` input enlarged by ``margin`` on every side (float64, ``(h+2m, w+2m)``,
+    the zero padding of the enlarged input being where the real tile's neighbours are
+    missing)."""
+    kh, kw = (int(k) for k in conv.kernel_size)
+    x = torch.zeros(1, 1, h + 2 * margin, w + 2 * margin, dtype=torch.float64,
+                    requires_grad=True)
+    with torch.enable_grad():
+        y = F.conv2d(x, torch.ones(1, 1, kh, kw, dtype=torch.float64), stride=conv.stride,
+                     padding=conv.padding, dilation=conv.dilation)
+        (counts,) = torch.autograd.grad(y.sum(), x)
+    return counts[0, 0]
+
+
+def border_gain(conv: nn.Conv2d, shape: tuple[int, int], box: int) -> torch.Tensor:
+    """Border-aware normalisation of the input gradient of one convolution.
+
+    In the backward pass a pixel near the border of a tile receives fewer terms than an
+    interior pixel (output pixels beyond the tile do not exist, and the box average is
+    zero-padded above and left), so every tile's gradient map fades towards its frame.
+    The gain is ``terms the pixel would receive inside an unbounded image / terms it
+    receives in the tile``, both counted after the ``box x box`` average (``box = 1``:
+    no box), so the gradient at the border is normalised by the number of valid terms.
+    Away from the border both counts are equal and the gain is exactly 1.0 (so the
+    interior of the map is bitwise unchanged); where no term arrives it is 1.0.
+
+    Parameters
+    ----------
+    conv
+        The convolution (kernel size, stride, padding and dilation are used).
+    shape
+        ``(h, w)`` of the convolution's input.
+    box
+        Side of the box average applied after the convolution's backward (its stride
+        for ``backward-hook`` smoothing, 1 for none).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(h, w)`` float32 gain.
+    """
+    h, w = (int(v) for v in shape)
+    stride = max(int(s) for s in conv.stride)
+    kh, kw = (int(k) for k in conv.kernel_size)
+    dil = max(int(d) for d in conv.dilation)
+    reach = max(kh, kw) * dil + max(int(p) for p in conv.padding) + box  # type: ignore[arg-type]
+    margin = stride * (reach // stride + 2)  # a multiple of the stride: same phase
+    inner = _term_counts(conv, h, w, 0)
+    outer = _term_counts(conv, h, w, margin)
+    if box > 1:
+        inner = box_average(inner[None, None], box)[0, 0]
+        outer = box_average(outer[None, None], box)[0, 0]
+    outer = outer[margin:margin + h, margin:margin + w]
+    gain = torch.where(inner > 0, outer / inner.clamp_min(1e-12), torch.ones_like(inner))
+    gain = torch.where(inner == outer, torch.ones_like(gain), gain)
+    return gain.to(torch.float32)
 
 
 def _square_stride(conv: nn.Conv2d) -> int:
@@ -114,12 +183,15 @@ def strided_convs(module: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     ]
 
 
-def _backward_pre_hook(size: int) -> Any:
-    def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+def _backward_pre_hook(size: int, border_aware: bool) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor) or not x.requires_grad:
             return None
-        return (SmoothGradient.apply(x, size), *args[1:])
+        gain = None
+        if border_aware and x.ndim == 4:
+            gain = border_gain(module, (x.shape[-2], x.shape[-1]), size).to(x.device)  # type: ignore[arg-type]
+        return (SmoothGradient.apply(x, size, gain), *args[1:])
 
     return hook
 
@@ -134,8 +206,16 @@ def _forward_pre_hook(size: int) -> Any:
     return hook
 
 
+def _backward_hooked_convs(module: nn.Module, border_aware: bool) -> list[nn.Conv2d]:
+    if not border_aware:
+        return [conv for _name, conv in strided_convs(module)]
+    # a 1x1 stride-1 convolution has no border effect in its backward pass
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)
+            and (tuple(m.kernel_size) != (1, 1) or tuple(m.stride) != (1, 1))]
+
+
 def register_smoothing_hooks(
-    module: nn.Module, mode: str, *, stem: str | None = None
+    module: nn.Module, mode: str, *, stem: str | None = None, border_aware: bool = True
 ) -> list[RemovableHandle]:
     """Register smoothing hooks on the strided convolutions of ``module``.
 
@@ -151,6 +231,12 @@ def register_smoothing_hooks(
     stem
         Module path of the stem convolution, left unchanged by ``"forward-hook"``;
         ``None`` takes the first ``nn.Conv2d`` of the network in registration order.
+    border_aware
+        ``"backward-hook"`` only: also normalise every convolution's input gradient at
+        the tile border by the number of valid terms (:func:`border_gain`; every
+        ``nn.Conv2d`` whose input requires grad is hooked, strided or not), so tile maps
+        do not fade towards their frame. The interior is bitwise the same as with
+        ``False`` (the paper's zero-padded box on strided convolutions only).
 
     Returns
     -------
@@ -169,9 +255,9 @@ def register_smoothing_hooks(
     handles: list[RemovableHandle] = []
     if mode == "backward-hook":
         try:
-            for _name, conv in strided_convs(module):
+            for conv in _backward_hooked_convs(module, border_aware):
                 handles.append(conv.register_forward_pre_hook(_backward_pre_hook(
-                    _square_stride(conv))))
+                    _square_stride(conv), border_aware)))
         except BaseException:
             for h in handles:
                 h.remove()
@@ -194,13 +280,13 @@ def register_smoothing_hooks(
 
 @contextmanager
 def smoothing_hooks(
-    module: nn.Module, mode: str, *, stem: str | None = None
+    module: nn.Module, mode: str, *, stem: str | None = None, border_aware: bool = True
 ) -> Iterator[Sequence[RemovableHandle]]:
     """Context manager: smoothing hooks active inside, always removed on exit.
 
     Parameters
     ----------
-    module, mode, stem
+    module, mode, stem, border_aware
         See :func:`register_smoothing_hooks`.
 
     Yields
@@ -208,7 +294,7 @@ def smoothing_hooks(
     sequence of RemovableHandle
         The registered hooks (removed when the block exits, also on error).
     """
-    handles = register_smoothing_hooks(module, mode, stem=stem)
+    handles = register_smoothing_hooks(module, mode, stem=stem, border_aware=border_aware)
     try:
         yield handles
     finally:
