@@ -145,7 +145,7 @@ def border_gain(conv: nn.Conv2d, shape: tuple[int, int], box: int) -> torch.Tens
     stride = max(int(s) for s in conv.stride)
     kh, kw = (int(k) for k in conv.kernel_size)
     dil = max(int(d) for d in conv.dilation)
-    reach = max(kh, kw) * dil + max(int(p) for p in conv.padding) + box  # type: ignore[arg-type]
+    reach = max(kh, kw) * dil + max(int(p) for p in conv.padding) + box
     margin = stride * (reach // stride + 2)  # a multiple of the stride: same phase
     inner = _term_counts(conv, h, w, 0)
     outer = _term_counts(conv, h, w, margin)
