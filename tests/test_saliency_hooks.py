@@ -332,3 +332,28 @@ def test_border_aware_hooks_every_conv_and_none_is_left() -> None:
     with smoothing_hooks(net, "backward-hook", border_aware=False) as handles:
         assert len(handles) == 1
     assert _no_hooks(net)
+
+
+def test_engine_map_interior_is_the_papers_bitwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Demo model, layer3 (14 x 14): the border-aware hook changes only the pixels its
+    border corrections reach (layer4's 3x3 convolutions: 3 map pixels); the interior is
+    bitwise the paper's zero-padded box, and the border is brighter than before."""
+    from functools import partial
+
+    import wsi_saliency.saliency.engine as engine_mod
+    from wsi_saliency.models import load_model
+    from wsi_saliency.saliency import SaliencyEngine
+
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(60, 250, size=(4, 224, 224, 3), dtype=np.uint8)
+    eng = SaliencyEngine(load_model(None), method="gradient-x-activation", device="cpu")
+    probs, aware = eng.run(tiles)
+    monkeypatch.setattr(engine_mod, "register_smoothing_hooks",
+                        partial(register_smoothing_hooks, border_aware=False))
+    probs_paper, paper = eng.run(tiles)
+    assert np.array_equal(probs, probs_paper)
+    assert np.array_equal(aware[:, 3:-3, 3:-3], paper[:, 3:-3, 3:-3])
+    frame = np.ones((14, 14), bool)
+    frame[1:-1, 1:-1] = False
+    assert np.abs(aware[:, frame]).mean() > 1.5 * np.abs(paper[:, frame]).mean()
+    assert _no_hooks(eng._module)

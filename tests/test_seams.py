@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -144,7 +145,8 @@ def _stitched_saliency(out: Path) -> tuple[np.ndarray, dict]:
     import zarr
 
     root = zarr.open_group(str(out / "heatmaps.ome.zarr"), mode="r")
-    path = root.attrs["multiscales"][0]["datasets"][0]["path"]
+    attrs: Any = dict(root.attrs)
+    path = attrs["multiscales"][0]["datasets"][0]["path"]
     return np.asarray(root[path])[1], json.loads((out / "run.json").read_text())
 
 

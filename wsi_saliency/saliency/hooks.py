@@ -99,19 +99,29 @@ class SmoothGradient(torch.autograd.Function):
         return out, None, None
 
 
-def _term_counts(conv: nn.Conv2d, h: int, w: int, margin: int) -> torch.Tensor:
-    """How many (output pixel, kernel tap) terms of ``conv``'s backward reach every pixel
-    of an ``h x w`` input enlarged by ``margin`` on every side (float64, ``(h+2m, w+2m)``,
-    the zero padding of the enlarged input being where the real tile's neighbours are
-    missing)."""
-    kh, kw = (int(k) for k in conv.kernel_size)
-    x = torch.zeros(1, 1, h + 2 * margin, w + 2 * margin, dtype=torch.float64,
-                    requires_grad=True)
-    with torch.enable_grad():
-        y = F.conv2d(x, torch.ones(1, 1, kh, kw, dtype=torch.float64), stride=conv.stride,
-                     padding=conv.padding, dilation=conv.dilation)
-        (counts,) = torch.autograd.grad(y.sum(), x)
-    return counts[0, 0]
+def _axis_gain(n: int, kernel: int, stride: int, padding: int, dilation: int, box: int
+               ) -> list[float]:
+    """Gain of :func:`border_gain` along one axis of length ``n`` (pure Python; the
+    counts of a ones kernel are separable, so the 2-D gain is an outer product)."""
+    reach = kernel * dilation + padding + box
+    margin = stride * (reach // stride + 2)  # a multiple of the stride: same phase
+
+    def counts(length: int) -> list[int]:
+        n_out = (length + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+        c = [0] * length
+        for o in range(max(n_out, 0)):
+            for k in range(kernel):
+                i = o * stride + k * dilation - padding
+                if 0 <= i < length:
+                    c[i] += 1
+        return c
+
+    def boxed(c: list[int]) -> list[int]:  # zero-padded sum over c[i - h], h < box
+        return [sum(c[i - h] for h in range(box) if i - h >= 0) for i in range(len(c))]
+
+    inner = boxed(counts(n))
+    outer = boxed(counts(n + 2 * margin))[margin:margin + n]
+    return [1.0 if ci == co or ci == 0 else co / ci for ci, co in zip(inner, outer, strict=True)]
 
 
 def border_gain(conv: nn.Conv2d, shape: tuple[int, int], box: int) -> torch.Tensor:
@@ -142,20 +152,17 @@ def border_gain(conv: nn.Conv2d, shape: tuple[int, int], box: int) -> torch.Tens
         ``(h, w)`` float32 gain.
     """
     h, w = (int(v) for v in shape)
-    stride = max(int(s) for s in conv.stride)
-    kh, kw = (int(k) for k in conv.kernel_size)
-    dil = max(int(d) for d in conv.dilation)
-    reach = max(kh, kw) * dil + max(int(p) for p in conv.padding) + box
-    margin = stride * (reach // stride + 2)  # a multiple of the stride: same phase
-    inner = _term_counts(conv, h, w, 0)
-    outer = _term_counts(conv, h, w, margin)
-    if box > 1:
-        inner = box_average(inner[None, None], box)[0, 0]
-        outer = box_average(outer[None, None], box)[0, 0]
-    outer = outer[margin:margin + h, margin:margin + w]
-    gain = torch.where(inner > 0, outer / inner.clamp_min(1e-12), torch.ones_like(inner))
-    gain = torch.where(inner == outer, torch.ones_like(gain), gain)
-    return gain.to(torch.float32)
+    (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
+    (dh, dw) = conv.dilation
+    if isinstance(conv.padding, str):  # "same" / "valid": the explicit padding they use
+        pads = [(d * (k - 1)) // 2 if conv.padding == "same" else 0
+                for k, d in zip(conv.kernel_size, conv.dilation, strict=True)]
+    else:
+        pads = [int(v) for v in conv.padding]
+    rows = _axis_gain(h, int(kh), int(sh), pads[0], int(dh), box)
+    cols = _axis_gain(w, int(kw), int(sw), pads[1], int(dw), box)
+    return torch.outer(torch.tensor(rows, dtype=torch.float64),
+                       torch.tensor(cols, dtype=torch.float64)).to(torch.float32)
 
 
 def _square_stride(conv: nn.Conv2d) -> int:
