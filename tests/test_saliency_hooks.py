@@ -10,6 +10,7 @@ from torch import nn
 
 from wsi_saliency.errors import ConfigError
 from wsi_saliency.saliency import (
+    border_gain,
     box_average,
     register_smoothing_hooks,
     smoothing_hooks,
@@ -127,9 +128,12 @@ def _reference_grad(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.grad
 
 
-def _prehook_grad(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _prehook_grad(net: nn.Module, x: torch.Tensor, *, border_aware: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input gradient with the backward hook; ``border_aware=False`` is the paper's
+    zero-padded box that the full-backward-hook reference computes."""
     x = x.clone().requires_grad_(True)
-    with smoothing_hooks(net, "backward-hook"):
+    with smoothing_hooks(net, "backward-hook", border_aware=border_aware):
         logits = net(x)
         logits[:, 1].sum().backward()
     assert x.grad is not None
@@ -162,8 +166,9 @@ def test_backward_hook_leaves_logits_bitwise_equal() -> None:
     for n in (net, net_inplace):
         with torch.no_grad():
             plain = n(x)
-        hooked, _ = _prehook_grad(n, x)
-        assert torch.equal(plain, hooked)
+        for aware in (False, True):
+            hooked, _ = _prehook_grad(n, x, border_aware=aware)
+            assert torch.equal(plain, hooked)
 
 
 def test_backward_hook_changes_gradient() -> None:
@@ -252,3 +257,103 @@ def test_total_variation_values() -> None:
     assert tv_reduction(0.25, 1.0) == 0.75
     with pytest.raises(ValueError):
         total_variation(torch.zeros(2))
+
+
+# ------------------------------------------------------------------ border-aware backward hook
+
+
+def _border_reach(net: nn.Module) -> int:
+    """Input pixels within which border corrections of ``Net`` can arrive: each hooked
+    conv's correction sits on its input's outer ring and spreads by the kernel reach of
+    the convs below it, scaled by their strides (c1: 1 px, c2: 2 px, c3: 4 px input)."""
+    return 1 + 2 * (1 + 1) + 4 * (1 + 1)
+
+
+def test_border_aware_backward_hook_keeps_interior_bitwise() -> None:
+    net, net_inplace = _nets()
+    x = torch.randn(3, 3, 32, 32)
+    ref = _reference_grad(net, x)
+    m = _border_reach(net)
+    for n in (net, net_inplace):
+        _, aware = _prehook_grad(n, x, border_aware=True)
+        assert torch.equal(aware[..., m:-m, m:-m], ref[..., m:-m, m:-m])
+        assert not torch.equal(aware, ref)  # the border changed
+        assert _no_hooks(n)
+
+
+def test_border_gain_counts_valid_terms() -> None:
+    conv = nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False)
+    gain = border_gain(conv, (8, 8), box=2)
+    # transposed 3x3 stride-2 conv: even rows get 1 term, odd rows 2, the box averages
+    # two rows (1.5 terms); row 0 has no row -1: 1 / 2 in the tile vs 3 / 2 unbounded;
+    # the last row (7, odd) misses output row 4: 1 + 1 terms vs 2 + 1
+    assert gain[0, 3].item() == pytest.approx(3.0)
+    assert gain[7, 3].item() == pytest.approx(1.5)
+    assert torch.equal(gain[1:7, 1:7], torch.ones(6, 6))
+    plain = border_gain(nn.Conv2d(1, 1, 3, padding=1), (5, 5), box=1)
+    assert plain[0, 2].item() == pytest.approx(1.5) and plain[0, 0].item() == pytest.approx(2.25)
+    assert torch.equal(plain[1:4, 1:4], torch.ones(3, 3))
+
+
+def test_border_aware_hook_does_not_attenuate_borders() -> None:
+    """Uniform kernels: in an unbounded image the smoothed input gradient is the same at
+    every pixel (every pixel receives the same number of terms); with the border-aware
+    hook the tile's gradient is too, while the paper's zero-padded box fades the first
+    row/column to a fraction (normalising by the number of valid terms is exact here and
+    an approximation for other kernels)."""
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1, bias=False),
+                        nn.Conv2d(4, 4, 3, padding=1, bias=False)).eval()
+    with torch.no_grad():
+        for c in net:
+            assert isinstance(c, nn.Conv2d)
+            c.weight.fill_(0.1)
+    x = torch.randn(1, 2, 16, 16)  # linear net: the gradient does not depend on x
+
+    def grad(aware: bool) -> torch.Tensor:
+        xg = x.clone().requires_grad_(True)
+        with smoothing_hooks(net, "backward-hook", border_aware=aware):
+            net(xg).sum().backward()
+        assert xg.grad is not None
+        return xg.grad[0, 0]
+
+    aware, paper = grad(True), grad(False)
+    interior = paper[4:-4, 4:-4].mean()
+    torch.testing.assert_close(aware, torch.full_like(aware, float(interior)), rtol=1e-5,
+                               atol=0)
+    assert paper[0, 8] < 0.5 * interior and paper[8, 0] < 0.5 * interior
+    assert _no_hooks(net)
+
+
+def test_border_aware_hooks_every_conv_and_none_is_left() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Conv2d(4, 4, 3, padding=1),
+                        nn.Conv2d(4, 4, 1))
+    with smoothing_hooks(net, "backward-hook") as handles:
+        assert len(handles) == 2  # the 1x1 stride-1 conv has no border effect
+    with smoothing_hooks(net, "backward-hook", border_aware=False) as handles:
+        assert len(handles) == 1
+    assert _no_hooks(net)
+
+
+def test_engine_map_interior_is_the_papers_bitwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Demo model, layer3 (14 x 14): the border-aware hook changes only the pixels its
+    border corrections reach (layer4's 3x3 convolutions: 3 map pixels); the interior is
+    bitwise the paper's zero-padded box, and the border is brighter than before."""
+    from functools import partial
+
+    import wsi_saliency.saliency.engine as engine_mod
+    from wsi_saliency.models import load_model
+    from wsi_saliency.saliency import SaliencyEngine
+
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(60, 250, size=(4, 224, 224, 3), dtype=np.uint8)
+    eng = SaliencyEngine(load_model(None), method="gradient-x-activation", device="cpu")
+    probs, aware = eng.run(tiles)
+    monkeypatch.setattr(engine_mod, "register_smoothing_hooks",
+                        partial(register_smoothing_hooks, border_aware=False))
+    probs_paper, paper = eng.run(tiles)
+    assert np.array_equal(probs, probs_paper)
+    assert np.array_equal(aware[:, 3:-3, 3:-3], paper[:, 3:-3, 3:-3])
+    frame = np.ones((14, 14), bool)
+    frame[1:-1, 1:-1] = False
+    assert np.abs(aware[:, frame]).mean() > 1.5 * np.abs(paper[:, frame]).mean()
+    assert _no_hooks(eng._module)

@@ -132,11 +132,16 @@ class TissueConfig:
 
 @dataclass(frozen=True)
 class TilingConfig:
-    """Tile grid. ``None`` means: take it from the model's config.json."""
+    """Tile grid. ``None`` means: take it from the model's config.json.
+
+    ``overlap`` ``None`` (the default) is the seam-free overlap of the explained layer's
+    map (:func:`wsi_saliency.saliency.seams.seam_free_overlap`: 1/7 of a 224 px tile with
+    a 14 x 14 map), resolved per run; ``run.json`` records it under ``tiling.overlap``.
+    """
 
     tile_size: int | None = None
     spacing: float | None = None
-    overlap: float = 0.0
+    overlap: float | None = None
     min_tissue: float = 0.25
 
 
@@ -216,12 +221,13 @@ class OutputConfig:
         Fixed ``(vmin, vmax)`` display range of saliency in ``overlay.png`` for a cohort;
         ``None`` scales each slide by robust percentiles (recorded in ``run.json``).
     blend
-        How overlapping tiles are merged: ``"uniform"`` or ``"hann"``.
+        How overlapping tiles are merged: ``"uniform"`` or ``"hann"`` (the default: with
+        the seam-free overlap it hides the tiles' borders).
     """
 
     threshold: float = 0.5
     saliency_range: tuple[float, float] | None = None
-    blend: str = "uniform"
+    blend: str = "hann"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from wsi_saliency.prefetch import iter_tile_batches
 from wsi_saliency.readers import SlideReader, open_slide
 from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.saliency.engine import resolve_device
+from wsi_saliency.saliency.seams import heatmap_seams, resolve_overlap
 from wsi_saliency.stitch import BLENDS, Stitcher, check_tile_geometry
 from wsi_saliency.tiling import check_slide_fits, make_grid, read_tiles
 from wsi_saliency.tissue import mask_from_thumbnail, save_tissue_png, thumbnail_at_spacing
@@ -216,7 +217,9 @@ def check_run(model: LoadedModel, config: RunConfig) -> SaliencyEngine:
             f"output.blend {config.output.blend!r} is not one of {', '.join(BLENDS)}"
         )
     engine = _engine(model, config, resolve_device(config.inference.device))
-    check_tile_geometry(config.tiling.tile_size, config.tiling.overlap, heatmap_map_shape(engine))
+    map_shape = heatmap_map_shape(engine)
+    overlap = resolve_overlap(config.tiling.overlap, config.tiling.tile_size, map_shape)
+    check_tile_geometry(config.tiling.tile_size, overlap, map_shape)
     return engine
 
 
@@ -286,16 +289,16 @@ def run_slide(
                 slide_dimensions=info.dimensions,
                 name=info.path,
             )
+        engine = _engine(model, config, device)
         with watch.stage("grid"):
             grid = make_grid(
                 info,
                 mask,
                 tile_size=tile_size,
                 spacing=spacing,
-                overlap=config.tiling.overlap,
+                overlap=resolve_overlap(config.tiling.overlap, tile_size, heatmap_map_shape(engine)),
                 min_tissue=config.tiling.min_tissue,
             )
-        engine = _engine(model, config, device)
         scratch = out_dir / ".scratch.zarr"
         explain = engine.method is not None
         stitcher = Stitcher(
@@ -328,6 +331,12 @@ def run_slide(
         watch.timings["inference"] = time.perf_counter() - t_inf
         with watch.stage("finalize"):
             heatmaps = stitcher.finalize()
+        seams = None
+        if explain:
+            with watch.stage("seams"):
+                # seam ratio of the stitched saliency (channel 1) on the grid's stride cells
+                seams = heatmap_seams(heatmaps.heatmap, grid.tile_size, grid.stride,
+                                      engine.map_shape, channel=1)
 
         with watch.stage("write"):
             overlay_thumb, overlay_ds = thumbnail_at_spacing(reader, _overlay_spacing(info))
@@ -372,6 +381,9 @@ def run_slide(
             "map_shape": list(heatmap_map_shape(engine)),
             "display_scaling": scaling.as_dict() if scaling is not None else None,
         },
+        # seam ratio of the stitched saliency map (1.0 = no tile grid visible; see
+        # wsi_saliency.saliency.seams): magnitude and TV at tile borders vs interiors
+        "seams": seams.as_dict() if seams is not None else None,
         "slide": _slide_facts(info),
         "tissue": {
             "method": mask.method,
