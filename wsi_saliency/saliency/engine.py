@@ -25,12 +25,12 @@ from wsi_saliency.saliency.methods import (
     channel_attribution,
     reduce_channels,
 )
-from wsi_saliency.saliency.surrogate import SurrogateSet, load_surrogates, register_surrogates
 from wsi_saliency.saliency.precision import (
     FP16_GRAD_SCALE,
     autocast_context,
     resolve_precision,
 )
+from wsi_saliency.saliency.surrogate import SurrogateSet, load_surrogates, register_surrogates
 
 __all__ = ["ENGINE_SMOOTHINGS", "SaliencyEngine", "resolve_device"]
 
