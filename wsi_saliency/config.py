@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: Slide reader backends (``slide.backend``).
-BACKENDS: tuple[str, ...] = ("auto", "openslide", "tiffslide")
+BACKENDS: tuple[str, ...] = ("auto", "openslide", "tiffslide", "pyvips")
 #: Tissue detection methods (``tissue.method``).
 TISSUE_METHODS: tuple[str, ...] = ("otsu", "fixed")
 #: Saliency methods (``model.method``).
@@ -85,7 +85,8 @@ class SlideConfig:
     Parameters
     ----------
     backend
-        ``"auto"`` (OpenSlide, falling back to tiffslide), ``"openslide"`` or ``"tiffslide"``.
+        ``"auto"`` (per file: pyvips where it reads the slide identically, else OpenSlide,
+        else tiffslide), ``"openslide"``, ``"tiffslide"`` or ``"pyvips"``.
     mpp
         Level-0 spacing override in um/px for every slide (``--mpp``); wins over metadata.
     mpp_sidecar
