@@ -45,6 +45,7 @@ __all__ = [
     "read_tiles",
     "tile_boxes",
     "tile_cache",
+    "tile_window",
     "tissue_fractions",
 ]
 
@@ -298,8 +299,16 @@ def full_grid(
                      min_tissue=0.0)
 
 
-def _tile_window(grid: TileGrid, k: int) -> tuple[int, int, int, int, float, float, float, float]:
-    """Source window ``(sx, sy, w, h)`` of tile ``k`` in level pixels, its origin and factors."""
+def tile_window(grid: TileGrid, k: int) -> tuple[int, int, int, int, float, float, float, float]:
+    """Where tile ``k`` is read from ``grid.level``.
+
+    Returns
+    -------
+    tuple
+        ``(sx, sy, w, h, u0, v0, fx, fy)``: the source window (level pixels, with the
+        resampling margin; may reach outside the level), the level coordinates of the
+        tile's top-left corner and the level pixels per tile pixel along x and y.
+    """
     t = grid.tile_size
     ds = grid.level_downsample
     x0, y0 = (float(v) for v in grid.coords[k])
@@ -323,28 +332,55 @@ def tile_cache(grid: TileGrid, *, max_bytes: int = DEFAULT_MAX_BYTES) -> BlockCa
     """
     if len(grid) == 0:
         return BlockCache(0)
-    _, _, _, h, *_ = _tile_window(grid, 0)
+    _, _, _, h, *_ = tile_window(grid, 0)
     level_width = math.ceil(grid.slide_dimensions[0] / grid.level_downsample)
     return BlockCache.for_rows(level_width, h, max_bytes=max_bytes)
 
 
+def _identity_origin(u0: float, v0: float, fx: float, fy: float) -> tuple[int, int] | None:
+    """Level pixel of the tile's corner when the tile is a plain crop of the level."""
+    eps = 1e-6
+    if abs(fx - 1.0) < eps and abs(fy - 1.0) < eps:
+        x, y = round(u0), round(v0)
+        if abs(u0 - x) < eps and abs(v0 - y) < eps:
+            return x, y
+    return None
+
+
 def read_tile(
-    reader: SlideReader, grid: TileGrid, k: int, *, cache: BlockCache | None = None
+    reader: SlideReader,
+    grid: TileGrid,
+    k: int,
+    *,
+    cache: BlockCache | None = None,
+    out: npt.NDArray[np.uint8] | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Tile ``k`` of ``grid``: uint8 ``(tile_size, tile_size, 3)``.
 
     Reads the window of ``grid.level`` under the tile's exact level-0 footprint (plus
     a filter margin) and resamples it with anti-aliasing; outside the slide is white.
-    With ``cache`` the window is assembled from cached slide blocks (the same pixels,
-    decoded once); without it the window is read directly.
+    A tile that is a plain crop of the level (one level pixel per tile pixel, whole
+    offsets) is read as that crop. With ``cache`` the window is assembled from cached
+    slide blocks (the same pixels, decoded once); without it the window is read
+    directly. ``out`` receives the tile when given.
     """
-    sx, sy, w, h, u0, v0, fx, fy = _tile_window(grid, k)
-    if cache is None:
-        src = reader.read_level(grid.level, sx, sy, w, h)
-    else:
-        src = cache.read_level(reader, grid.level, sx, sy, w, h)
+    sx, sy, w, h, u0, v0, fx, fy = tile_window(grid, k)
     t = grid.tile_size
-    return resample_window(src, (sx, sy), (u0, v0), (fx, fy), (t, t))
+    crop = _identity_origin(u0, v0, fx, fy)
+    if crop is not None:
+        if cache is not None:
+            return cache.read_level(reader, grid.level, crop[0], crop[1], t, t, out=out)
+        tile = reader.read_level(grid.level, crop[0], crop[1], t, t)
+    else:
+        if cache is None:
+            src = reader.read_level(grid.level, sx, sy, w, h)
+        else:
+            src = cache.read_level(reader, grid.level, sx, sy, w, h)
+        tile = resample_window(src, (sx, sy), (u0, v0), (fx, fy), (t, t))
+    if out is None:
+        return tile
+    out[...] = tile
+    return out
 
 
 def read_tiles(
@@ -366,7 +402,7 @@ def read_tiles(
     if cache is None and len(idx) > 1:
         cache = BlockCache()
     for j, k in enumerate(idx):
-        out[j] = read_tile(reader, grid, k, cache=cache)
+        read_tile(reader, grid, k, cache=cache, out=out[j])
     return out
 
 

@@ -134,17 +134,31 @@ class BlockCache:
         return _block_side(shape[0]), _block_side(shape[1])
 
     def read_level(
-        self, reader: _LevelReader, level: int, x: int, y: int, width: int, height: int
+        self,
+        reader: _LevelReader,
+        level: int,
+        x: int,
+        y: int,
+        width: int,
+        height: int,
+        *,
+        out: npt.NDArray[np.uint8] | None = None,
     ) -> npt.NDArray[np.uint8]:
         """``reader.read_level(level, x, y, width, height)``, served from cached blocks.
 
-        Pixels are identical to the direct read (white outside the level).
+        Pixels are identical to the direct read (white outside the level). ``out``, a
+        uint8 ``(height, width, 3)`` array, receives them when given.
         """
-        width, height = int(width), int(height)
-        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        x, y, width, height = int(x), int(y), int(width), int(height)
+        if out is None:
+            out = np.empty((height, width, 3), dtype=np.uint8)
+        elif out.shape != (height, width, 3) or out.dtype != np.uint8:
+            raise ValueError(f"out must be uint8 {(height, width, 3)}, got {out.dtype} {out.shape}")
         lw, lh = reader.info.level_dimensions[level]
-        x0, y0 = max(int(x), 0), max(int(y), 0)
-        x1, y1 = min(int(x) + width, lw), min(int(y) + height, lh)
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + width, lw), min(y + height, lh)
+        if x0 != x or y0 != y or x1 != x + width or y1 != y + height:
+            out[...] = 255  # partly outside the level: white there
         if x1 <= x0 or y1 <= y0:
             return out
         bw, bh = self.block_shape(reader, level)
