@@ -35,6 +35,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,8 @@ from wsi_saliency import synthetic
 from wsi_saliency.errors import WsiSaliencyError
 from wsi_saliency.readers import open_slide
 from wsi_saliency.readers.base import BaseSlideReader
-from wsi_saliency.tiling import tile_window, make_grid, read_tile, read_tiles, tile_cache
+from wsi_saliency.readers.blockcache import BlockCache
+from wsi_saliency.tiling import make_grid, read_tile, read_tiles, tile_cache, tile_window
 from wsi_saliency.tissue import detect_tissue
 from wsi_saliency.types import TileGrid
 
@@ -56,7 +58,12 @@ def generated_slides(root: Path, size: int) -> list[tuple[Path, float | None]]:
     for kind, mpp in (("svs", 0.5), ("tiff", 0.243)):
         w, h = size, size * 3 // 4
         m = 0.04
-        tissue = ((w * m, h * m), (w * (1 - m), h * m), (w * (1 - m), h * (1 - m)), (w * m, h * (1 - m)))
+        tissue = (
+            (w * m, h * m),
+            (w * (1 - m), h * m),
+            (w * (1 - m), h * (1 - m)),
+            (w * m, h * (1 - m)),
+        )
         tumour = ((w * 0.3, h * 0.3), (w * 0.5, h * 0.3), (w * 0.5, h * 0.6), (w * 0.3, h * 0.6))
         spec = synthetic.SyntheticSlide(
             width=w, height=h, mpp=mpp, tissue=(tissue,), tumour=(tumour,), seed=11
@@ -134,6 +141,20 @@ def raw_decoder(
     return None
 
 
+def direct_pass(reader: BaseSlideReader, grid: TileGrid, idx: np.ndarray) -> None:
+    """Before: every tile read on its own."""
+    for k in idx:
+        read_tile(reader, grid, int(k))
+
+
+def cached_pass(
+    reader: BaseSlideReader, grid: TileGrid, idx: np.ndarray, cache: BlockCache
+) -> None:
+    """After: batches of 32 through one shared block cache (as the slide job reads)."""
+    for s in range(0, len(idx), 32):
+        read_tiles(reader, grid, idx[s : s + 32], cache=cache)
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
     """(CPU seconds of this process, wall seconds) of one call."""
     c, w = time.process_time(), time.perf_counter()
@@ -154,11 +175,15 @@ def bench_slide(path: Path, mpp: float | None, args: argparse.Namespace) -> None
         auto = r.info.backend
         mask = detect_tissue(r)
     first = opened[0]
-    print(f"\n## {path.name}: {first.info.dimensions[0]}x{first.info.dimensions[1]} px, "
-          f"mpp {first.info.mpp.x if first.info.mpp else '?'}; auto -> {auto}")
-    print(f"{'backend':9} {'ovl':>4} {'tiles':>5} {'lvl':>3} {'f':>6} | {'direct':>7} {'cached':>7} "
-          f"{'x':>5} | {'raw':>7} {'cached/raw':>10} | wall: {'direct':>6} {'cached':>6} | "
-          f"decoded direct/cached")
+    print(
+        f"\n## {path.name}: {first.info.dimensions[0]}x{first.info.dimensions[1]} px, "
+        f"mpp {first.info.mpp.x if first.info.mpp else '?'}; auto -> {auto}"
+    )
+    print(
+        f"{'backend':9} {'ovl':>4} {'tiles':>5} {'lvl':>3} {'f':>6} | {'direct':>7} {'cached':>7} "
+        f"{'x':>5} | {'raw':>7} {'cached/raw':>10} | wall: {'direct':>6} {'cached':>6} | "
+        f"decoded direct/cached"
+    )
     for overlap in (0.0, 0.5):
         grid = make_grid(first.info, mask, tile_size=224, spacing=args.spacing, overlap=overlap)
         n = min(len(grid), args.max_tiles)
@@ -169,14 +194,9 @@ def bench_slide(path: Path, mpp: float | None, args: argparse.Namespace) -> None
             best = {"direct": (1e9, 1e9), "cached": (1e9, 1e9), "raw": (1e9, 1e9)}
             stats = None
             for _ in range(args.repeats):
-                d = timed(lambda r=reader: [read_tile(r, grid, int(k)) for k in idx])
+                d = timed(partial(direct_pass, reader, grid, idx))
                 cache = tile_cache(grid)
-
-                def cached(r: BaseSlideReader = reader, c: object = cache) -> None:
-                    for s in range(0, n, 32):
-                        read_tiles(r, grid, idx[s : s + 32], cache=c)  # type: ignore[arg-type]
-
-                c = timed(cached)
+                c = timed(partial(cached_pass, reader, grid, idx, cache))
                 stats = cache.stats
                 best["direct"] = min(best["direct"], d)
                 best["cached"] = min(best["cached"], c)
@@ -185,8 +205,11 @@ def bench_slide(path: Path, mpp: float | None, args: argparse.Namespace) -> None
             rate = {k: n / v[0] for k, v in best.items()}
             wall = {k: n / v[1] for k, v in best.items()}
             f = grid.size_level0[0] / grid.level_downsample / grid.tile_size
-            raw_txt = f"{rate['raw']:7.0f} {rate['cached'] / rate['raw']:10.2f}" if raw else (
-                f"{'n/a':>7} {'n/a':>10}")
+            raw_txt = (
+                f"{rate['raw']:7.0f} {rate['cached'] / rate['raw']:10.2f}"
+                if raw
+                else (f"{'n/a':>7} {'n/a':>10}")
+            )
             assert stats is not None
             print(
                 f"{reader.info.backend:9} {overlap:4.1f} {n:5d} {grid.level:3d} {f:6.3f} | "
@@ -210,8 +233,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=8192, help="width of the generated slides")
     ap.add_argument("--no-generated", action="store_true")
     args = ap.parse_args()
-    print(f"# bench_read: spacing {args.spacing} um/px, 224 px tiles, one thread, "
-          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"# bench_read: spacing {args.spacing} um/px, 224 px tiles, one thread, "
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
+    )
     slides: list[tuple[Path, float | None]] = []
     for s in args.slides:
         p, _, m = s.partition(":")
@@ -220,7 +245,9 @@ def main() -> None:
         if not args.slides:
             if not args.no_generated:
                 slides += generated_slides(Path(tmp), args.size)
-            data = Path(os.environ.get("WSI_TEST_DATA", Path(__file__).parents[2] / "shared" / "data"))
+            data = Path(
+                os.environ.get("WSI_TEST_DATA", Path(__file__).parents[2] / "shared" / "data")
+            )
             if (data / "slides").is_dir():
                 slides += [
                     (data / "slides" / "CMU-1-Small-Region.svs", None),

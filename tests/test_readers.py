@@ -77,7 +77,8 @@ def test_backends_agree_on_real_slides(cmu_slide: Path, tcga_slide: Path) -> Non
 @pytest.mark.real_data
 def test_auto_picks_pyvips_per_file_and_falls_back(cmu_slide: Path, tcga_slide: Path) -> None:
     """auto: pyvips where it reads the slide identically (CMU, JPEG), OpenSlide where
-    pyvips cannot read it (TCGA, JPEG 2000)."""
+    pyvips cannot read it (TCGA, JPEG 2000) and tiffslide reads its level 1 (downsample
+    2.0005) differently (OpenSlide interpolates the fractional level positions)."""
     with open_slide(cmu_slide) as r:
         assert r.info.backend == "pyvips"
     with open_slide(tcga_slide, mpp=0.25) as r:
@@ -411,8 +412,29 @@ def test_auto_rejects_pyvips_when_pixels_differ(
     with open_slide(rect_svs) as r:
         assert r.info.backend == "pyvips"
     monkeypatch.setattr(pyvips_backend.PyVipsReader, "_read_level_raw", shifted)
+    with open_slide(rect_svs) as r:  # the next fastest that reads it like OpenSlide
+        assert r.info.backend == "tiffslide"
+
+
+def test_auto_order_fastest_identical_then_reference(
+    rect_svs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyvips unavailable: tiffslide (faster than OpenSlide, identical on this slide);
+    tiffslide reading differently too: the reference, OpenSlide."""
+    from wsi_saliency.readers import _open
+
+    def refuse(path: str) -> None:
+        raise ValueError("no pyvips here")
+
+    monkeypatch.setattr(_open, "open_pyvips", refuse)
+    with open_slide(rect_svs) as r:
+        assert r.info.backend == "tiffslide"
+    monkeypatch.setattr(
+        _open, "differences", lambda a, b: "" if a.info.backend == "pyvips" else "differs"
+    )
     with open_slide(rect_svs) as r:
         assert r.info.backend == "openslide"
+    assert _open.SPEED_ORDER == ("pyvips", "tiffslide", "openslide")
 
 
 def test_probe_tolerance_accepts_decoder_rounding(rect_svs: Path) -> None:

@@ -85,8 +85,8 @@ class SlideConfig:
     Parameters
     ----------
     backend
-        ``"auto"`` (per file: pyvips where it reads the slide identically, else OpenSlide,
-        else tiffslide), ``"openslide"``, ``"tiffslide"`` or ``"pyvips"``.
+        ``"auto"`` (per file: the fastest of pyvips, tiffslide, OpenSlide that reads the
+        slide identically to OpenSlide), ``"openslide"``, ``"tiffslide"`` or ``"pyvips"``.
     mpp
         Level-0 spacing override in um/px for every slide (``--mpp``); wins over metadata.
     mpp_sidecar

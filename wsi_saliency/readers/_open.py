@@ -34,15 +34,17 @@ __all__ = ["BACKENDS", "differences", "open_slide", "probe_windows"]
 #: Backend names accepted by :func:`open_slide`.
 BACKENDS = ("auto", "openslide", "tiffslide", "pyvips")
 
-#: ``auto``: the reference backends, tried in this order (the first that opens serves
-#: the slide unless pyvips reads it identically).
+#: ``auto``: the reference backends, tried in this order; the first that opens the
+#: slide is its reference.
 REFERENCE_ORDER: Final[tuple[str, ...]] = ("openslide", "tiffslide")
-#: ``auto`` uses pyvips (the fastest reader, see ``benchmarks/bench_read.py``) for a slide
-#: only when it reads it identically to the reference: same level dimensions and
-#: downsamples, same spacing, and on every probe window a mean absolute pixel difference
-#: of at most :data:`PROBE_MEAN_TOL` with at most :data:`PROBE_OUTLIER_FRAC` of the
-#: values differing by more than :data:`PROBE_MAX_TOL` (JPEG decoders may round
-#: differently).
+#: ``auto``: backends fastest first, as measured by ``benchmarks/bench_read.py`` (tiles
+#: per CPU second through the block cache). A slide is served by the first of these
+#: that reads it identically to its reference (or is the reference): same level
+#: dimensions and downsamples, same spacing, and on every probe window a mean absolute
+#: pixel difference of at most :data:`PROBE_MEAN_TOL` with at most
+#: :data:`PROBE_OUTLIER_FRAC` of the values differing by more than
+#: :data:`PROBE_MAX_TOL` (JPEG decoders may round differently).
+SPEED_ORDER: Final[tuple[str, ...]] = ("pyvips", "tiffslide", "openslide")
 PROBE_MEAN_TOL: Final[float] = 1.0
 PROBE_MAX_TOL: Final[int] = 8
 PROBE_OUTLIER_FRAC: Final[float] = 0.001
@@ -146,9 +148,10 @@ def open_slide(
     path
         The slide file.
     backend
-        ``"auto"``: per file, pyvips when it reads the slide identically to the
-        reference backend (OpenSlide, or tiffslide for files OpenSlide cannot open;
-        see :func:`differences`), otherwise that reference. ``"openslide"``,
+        ``"auto"``: per file, the fastest backend (pyvips, then tiffslide, then
+        OpenSlide) that reads the slide identically to the reference backend
+        (OpenSlide, or tiffslide for files OpenSlide cannot open; see
+        :func:`differences`). ``"openslide"``,
         ``"tiffslide"`` or ``"pyvips"`` force one backend. ``reader.info.backend``
         records which served the slide.
     mpp
@@ -227,7 +230,7 @@ def open_slide(
             reader.close()
             raise
         if backend == "auto":
-            reader = _prefer_pyvips(reader, p, tiff, mpp, mpp_sidecar)
+            reader = _fastest_identical(reader, p, tiff, mpp, mpp_sidecar)
         return _checked(reader, p, require_mpp, mpp_sidecar)
     raise SlideOpenError(
         f"{p}: not a readable slide ({'; '.join(errors)}); check that it is a complete "
@@ -256,39 +259,41 @@ def _pyvips_refusal(p: Path, exc: BaseException) -> str:
     )
 
 
-def _prefer_pyvips(
+def _fastest_identical(
     reference: BaseSlideReader,
     p: Path,
     tiff: TiffCheck | None,
     mpp: float | tuple[float, float] | None,
     mpp_sidecar: str | None,
 ) -> BaseSlideReader:
-    """``auto``: pyvips when it reads the slide identically to ``reference``, else ``reference``."""
-    if tiff is None:
-        _log.debug("%s: not a TIFF, pyvips skipped; %s serves it", p, reference.info.backend)
-        return reference
-    try:
-        candidate = _build("pyvips", p, tiff, mpp, mpp_sidecar)
-    except (MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever libvips / tifffile raise
-        _log.info("%s: pyvips cannot open it (%s); %s serves it", p, _one_line(exc),
-                  reference.info.backend)
-        return reference
-    try:
-        why = differences(candidate, reference)
-    except (MemoryError, KeyboardInterrupt):
+    """``auto``: the first backend of :data:`SPEED_ORDER` that reads the slide like ``reference``."""
+    ref_name = reference.info.backend
+    for name in SPEED_ORDER:
+        if name == ref_name:
+            return reference
+        if name == "pyvips" and tiff is None:
+            _log.debug("%s: not a TIFF, pyvips skipped", p)
+            continue
+        try:
+            candidate = _build(name, p, tiff, mpp, mpp_sidecar)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises
+            _log.info("%s: %s cannot open it (%s)", p, name, _one_line(exc))
+            continue
+        try:
+            why = differences(candidate, reference)
+        except (MemoryError, KeyboardInterrupt):
+            candidate.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - a pixel the candidate cannot decode
+            why = f"{type(exc).__name__}: {_one_line(exc.__cause__ or exc)}"
+        if not why:
+            reference.close()
+            return candidate
         candidate.close()
-        raise
-    except Exception as exc:  # noqa: BLE001 - a pixel the candidate cannot decode
-        why = f"{type(exc).__name__}: {_one_line(exc.__cause__ or exc)}"
-    if why:
-        candidate.close()
-        _log.info("%s: pyvips does not read it like %s (%s); %s serves it", p,
-                  reference.info.backend, why, reference.info.backend)
-        return reference
-    reference.close()
-    return candidate
+        _log.info("%s: %s does not read it like %s (%s)", p, name, ref_name, why)
+    return reference
 
 
 def probe_windows(info: SlideInfo) -> list[tuple[int, int, int, int, int]]:

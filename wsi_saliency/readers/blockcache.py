@@ -85,9 +85,7 @@ class BlockCache:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
         self.stats = CacheStats()
-        self._blocks: OrderedDict[tuple[str, int, int, int], npt.NDArray[np.uint8]] = (
-            OrderedDict()
-        )
+        self._blocks: OrderedDict[tuple[str, int, int, int], npt.NDArray[np.uint8]] = OrderedDict()
         self._pending: dict[tuple[str, int, int, int], threading.Event] = {}
         self._bytes = 0
         self._lock = threading.Lock()
