@@ -574,3 +574,28 @@ def test_coarse_user_mpp_is_accepted_with_a_warning(
     ):
         pass
     assert not caplog.messages
+
+
+def test_pyvips_reads_ome_tiff_pyramid_in_subifds(tmp_path: Path) -> None:
+    """OME-TIFF keeps its pyramid in SubIFDs: pyvips finds every level (page + SubIFD)
+    and reads the same pixels as tiffslide."""
+    data = synthetic.render_region(SMALL, 0, 0, 512, 384)
+    path = tmp_path / "pyr.ome.tif"
+    opts: dict[str, object] = {"tile": (128, 128), "photometric": "rgb", "compression": "jpeg"}
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        tw.write(data, subifds=2, metadata={"axes": "YXS"}, **opts)  # type: ignore[arg-type]
+        tw.write(data[::2, ::2], subfiletype=1, **opts)  # type: ignore[arg-type]
+        tw.write(data[::4, ::4], subfiletype=1, **opts)  # type: ignore[arg-type]
+    with open_slide(path, backend="pyvips", mpp=0.5) as a, open_slide(
+        path, backend="tiffslide", mpp=0.5
+    ) as b:
+        assert a.info.level_dimensions == b.info.level_dimensions == (
+            (512, 384),
+            (256, 192),
+            (128, 96),
+        )
+        assert a.native_tile_shape(2) == (128, 128)
+        for level in range(3):
+            np.testing.assert_array_equal(
+                a.read_level(level, 5, 7, 100, 80), b.read_level(level, 5, 7, 100, 80)
+            )

@@ -117,23 +117,25 @@ def open_pyvips(path: str) -> tuple[PyVipsSlide, Mapping[str, object], Geometry]
         props = dict(ts.properties)
         idx = int(props.get("tiffslide.series-index") or 0)
         series = ts.ts_tifffile.series[idx]
+        tf = ts.ts_tifffile
+        # libvips names a page by its top-level IFD number and, for pyramids kept in
+        # SubIFDs (OME-TIFF), the SubIFD number under it: map file offsets to both
+        where: dict[int, tuple[int, int | None]] = {}
+        for i, top in enumerate(tf.pages):
+            where[int(top.offset)] = (i, None)
+            for j, off in enumerate(getattr(top, "subifds", None) or ()):
+                where.setdefault(int(off), (i, j))
         pages: list[tuple[int, int | None]] = []
         for lvl in series.levels:
-            if int(lvl.keyframe.compression) in JPEG2000_COMPRESSIONS:
+            key = lvl.keyframe
+            if int(key.compression) in JPEG2000_COMPRESSIONS:
                 raise ValueError(
-                    f"JPEG 2000 tiles (TIFF compression {int(lvl.keyframe.compression)}): "
+                    f"JPEG 2000 tiles (TIFF compression {int(key.compression)}): "
                     "the libvips of pyvips-binary has no JPEG 2000 decoder"
                 )
-            index = lvl.keyframe.index
-            if isinstance(index, tuple):
-                if len(index) == 1:
-                    pages.append((int(index[0]), None))
-                elif len(index) == 2:
-                    pages.append((int(index[0]), int(index[1])))
-                else:
-                    raise ValueError(f"nested SubIFD level {index} is not supported by libvips")
-            else:
-                pages.append((int(index), None))
+            if int(key.offset) not in where:
+                raise ValueError(f"level {key.shape} is in a nested SubIFD libvips cannot name")
+            pages.append(where[int(key.offset)])
         dims = tuple((int(w), int(h)) for w, h in ts.level_dimensions)
         ds = tuple(float(d) for d in ts.level_downsamples)
     finally:
