@@ -599,3 +599,18 @@ def test_pyvips_reads_ome_tiff_pyramid_in_subifds(tmp_path: Path) -> None:
             np.testing.assert_array_equal(
                 a.read_level(level, 5, 7, 100, 80), b.read_level(level, 5, 7, 100, 80)
             )
+
+
+def test_pyvips_sees_a_file_replaced_at_the_same_path(tmp_path: Path) -> None:
+    """libvips caches operations by their arguments: a slide rewritten at the same path
+    must not come back with the old pixels."""
+    path = tmp_path / "same.svs"
+    first = synthetic.write_slide(SMALL, path, kind="svs", tile=128, compression="zlib")
+    with open_slide(first, backend="pyvips") as r:
+        before = r.read_level(0, 0, 0, 512, 384)
+    other = dataclasses.replace(SMALL, seed=SMALL.seed + 1)
+    synthetic.write_slide(other, path, kind="svs", tile=128, compression="zlib")
+    with open_slide(path, backend="pyvips") as r:
+        after = r.read_level(0, 0, 0, 512, 384)
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, synthetic.render_region(other, 0, 0, 512, 384))

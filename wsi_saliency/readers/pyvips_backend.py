@@ -46,7 +46,9 @@ class PyVipsSlide:
             import pyvips
 
             page, subifd = self.pages[level]
-            kwargs: dict[str, Any] = {"page": page, "fail_on": "error"}
+            # revalidate: never a stale image from libvips' operation cache when a file
+            # was replaced at the same path
+            kwargs: dict[str, Any] = {"page": page, "fail_on": "error", "revalidate": True}
             if subifd is not None:
                 kwargs["subifd"] = subifd
             img = pyvips.Image.tiffload(self.path, **kwargs)
