@@ -101,8 +101,8 @@ def test_empty_yaml_and_empty_sections(tmp_path: Path) -> None:
         ("model:\n  method: gradcam\n", "did you mean 'grad-cam'?"),
         ("model:\n  smoothing: backward\n", "unknown value 'backward'"),
         (
-            "slide:\n  backend: pyvips\n",
-            "unknown value 'pyvips' (choose from auto, openslide, tiffslide)",
+            "slide:\n  backend: libvips\n",
+            "unknown value 'libvips' (choose from auto, openslide, tiffslide, pyvips)",
         ),
         ("slide:\n  mpp: -0.25\n", "slide.mpp: -0.25 must be > 0"),
         ("slide:\n  mpp_sidecar: mpp.json\n", "must contain {stem} or {name}"),

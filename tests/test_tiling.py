@@ -19,6 +19,7 @@ from wsi_saliency.tiling import (
     read_tile,
     read_tiles,
     tile_boxes,
+    tile_cache,
     tissue_fractions,
 )
 from wsi_saliency.tissue import detect_tissue
@@ -270,7 +271,7 @@ def _offsets(
     return float(ex.mean()), float(ey.mean()), float(max(np.abs(ex).max(), np.abs(ey).max()))
 
 
-@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide", "pyvips"])
 def test_tiles_cover_exactly_their_region_at_every_level(
     coordinate_tiff: Path, backend: str
 ) -> None:
@@ -286,6 +287,9 @@ def test_tiles_cover_exactly_their_region_at_every_level(
                 f = g.size_level0[0] / TILE
                 picks = np.linspace(0, len(g) - 1, 6).astype(int)
                 tiles = read_tiles(r, g, picks).astype(float)
+                # through a shared block cache (the worker's path): the same pixels
+                cached = read_tiles(r, g, picks, cache=tile_cache(g)).astype(float)
+                np.testing.assert_array_equal(cached, tiles)
                 for t, k in zip(tiles, picks, strict=True):
                     x0, y0 = g.coords[k]
                     dx, dy, worst = _offsets(t, float(x0), float(y0), f, 2048, 1536)
@@ -303,9 +307,10 @@ def test_tiles_cover_exactly_their_region_at_every_level(
         assert dx == pytest.approx(-1.0, abs=0.25) and dy == pytest.approx(1.0, abs=0.25)
 
 
-def test_edge_tiles_padded_with_white(coordinate_tiff: Path) -> None:
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide", "pyvips"])
+def test_edge_tiles_padded_with_white(coordinate_tiff: Path, backend: str) -> None:
     full = TissueMask(mask=np.ones((96, 128), bool), downsample=16.0, spacing=8.0)
-    with open_slide(coordinate_tiff) as r:
+    with open_slide(coordinate_tiff, backend=backend) as r:
         g = make_grid(r.info, full, tile_size=TILE, spacing=7.0, min_tissue=0.1)  # 896 px tiles
         assert g.grid_shape == (2, 3)  # 3 columns cover 2048, the last crosses the edge
         k = int(np.nonzero((g.rows == 1) & (g.cols == 2))[0][0])
@@ -318,6 +323,7 @@ def test_edge_tiles_padded_with_white(coordinate_tiff: Path) -> None:
         # beyond the edge: white (one tile px of anti-aliasing blur allowed at the edge)
         assert (t[:, inside_c + 2 :] == 255).all() and (t[inside_r + 2 :] == 255).all()
         assert (t[:inside_r, :inside_c, 2] < 200).all()  # slide pixels: B = (x + y) / 32 < 112
+        np.testing.assert_array_equal(read_tile(r, g, k, cache=tile_cache(g)), t)
 
 
 def test_read_tiles_and_geojson(rect_svs: Path, rect_spec: synthetic.SyntheticSlide) -> None:

@@ -40,10 +40,12 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
         ("TCGA-CR-7395-01A-01-TS1.svs", "tissue-mask-tcga-cr-7395.npy", 0.25),
     ],
 )
-@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide", "pyvips"])
 def test_real_slides_match_reference_masks(
     test_data_dir: Path, slide: str, reference: str, mpp: float | None, backend: str
 ) -> None:
+    if backend == "pyvips" and slide.startswith("TCGA"):
+        pytest.skip("JPEG 2000 slide: pyvips-binary's libvips cannot decode it (auto falls back)")
     ref = np.load(test_data_dir / "slides" / "tissue_masks" / reference)
     with open_slide(test_data_dir / "slides" / slide, backend=backend, mpp=mpp) as r:
         tm = detect_tissue(r)

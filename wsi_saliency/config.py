@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Slide reader backends (``slide.backend``).
-BACKENDS: tuple[str, ...] = ("auto", "openslide", "tiffslide")
+BACKENDS: tuple[str, ...] = ("auto", "openslide", "tiffslide", "pyvips")
 #: Tissue detection methods (``tissue.method``).
 TISSUE_METHODS: tuple[str, ...] = ("otsu", "fixed")
 #: Saliency methods (``model.method``).
@@ -91,7 +91,8 @@ class SlideConfig:
     Parameters
     ----------
     backend
-        ``"auto"`` (OpenSlide, falling back to tiffslide), ``"openslide"`` or ``"tiffslide"``.
+        ``"auto"`` (per file: the fastest of pyvips, tiffslide, OpenSlide that reads the
+        slide identically to OpenSlide), ``"openslide"``, ``"tiffslide"`` or ``"pyvips"``.
     mpp
         Level-0 spacing override in um/px for every slide (``--mpp``); wins over metadata.
     mpp_sidecar

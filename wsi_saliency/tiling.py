@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from wsi_saliency.errors import ConfigError, MissingMppError, NoTissueError, SlideTooSmallError
 from wsi_saliency.readers.base import LEVEL_TOLERANCE, SlideReader
+from wsi_saliency.readers.blockcache import DEFAULT_MAX_BYTES, BlockCache
 from wsi_saliency.readers.resample import resample_margin, resample_window
 from wsi_saliency.types import SlideInfo, TileGrid, TissueMask
 
@@ -43,6 +44,8 @@ __all__ = [
     "read_tile",
     "read_tiles",
     "tile_boxes",
+    "tile_cache",
+    "tile_window",
     "tissue_fractions",
 ]
 
@@ -296,11 +299,15 @@ def full_grid(
                      min_tissue=0.0)
 
 
-def read_tile(reader: SlideReader, grid: TileGrid, k: int) -> npt.NDArray[np.uint8]:
-    """Tile ``k`` of ``grid``: uint8 ``(tile_size, tile_size, 3)``.
+def tile_window(grid: TileGrid, k: int) -> tuple[int, int, int, int, float, float, float, float]:
+    """Where tile ``k`` is read from ``grid.level``.
 
-    Reads the window of ``grid.level`` under the tile's exact level-0 footprint (plus
-    a filter margin) and resamples it with anti-aliasing; outside the slide is white.
+    Returns
+    -------
+    tuple
+        ``(sx, sy, w, h, u0, v0, fx, fy)``: the source window (level pixels, with the
+        resampling margin; may reach outside the level), the level coordinates of the
+        tile's top-left corner and the level pixels per tile pixel along x and y.
     """
     t = grid.tile_size
     ds = grid.level_downsample
@@ -313,18 +320,89 @@ def read_tile(reader: SlideReader, grid: TileGrid, k: int) -> npt.NDArray[np.uin
     sy = math.floor(v0 + 1e-9) - margin
     ex = math.ceil(u0 + t * fx - 1e-9) + margin
     ey = math.ceil(v0 + t * fy - 1e-9) + margin
-    src = reader.read_level(grid.level, sx, sy, ex - sx, ey - sy)
-    return resample_window(src, (sx, sy), (u0, v0), (fx, fy), (t, t))
+    return sx, sy, ex - sx, ey - sy, u0, v0, fx, fy
+
+
+def tile_cache(grid: TileGrid, *, max_bytes: int = DEFAULT_MAX_BYTES) -> BlockCache:
+    """A :class:`~wsi_saliency.readers.blockcache.BlockCache` sized for reading ``grid``.
+
+    Big enough to hold the slide blocks under two rows of tiles across the level (so
+    that, read in grid order, each compressed slide tile is decoded once), at most
+    ``max_bytes``. Share it between the reader threads of one slide.
+    """
+    if len(grid) == 0:
+        return BlockCache(0)
+    _, _, _, h, *_ = tile_window(grid, 0)
+    level_width = math.ceil(grid.slide_dimensions[0] / grid.level_downsample)
+    return BlockCache.for_rows(level_width, h, max_bytes=max_bytes)
+
+
+def _identity_origin(u0: float, v0: float, fx: float, fy: float) -> tuple[int, int] | None:
+    """Level pixel of the tile's corner when the tile is a plain crop of the level."""
+    eps = 1e-6
+    if abs(fx - 1.0) < eps and abs(fy - 1.0) < eps:
+        x, y = round(u0), round(v0)
+        if abs(u0 - x) < eps and abs(v0 - y) < eps:
+            return x, y
+    return None
+
+
+def read_tile(
+    reader: SlideReader,
+    grid: TileGrid,
+    k: int,
+    *,
+    cache: BlockCache | None = None,
+    out: npt.NDArray[np.uint8] | None = None,
+) -> npt.NDArray[np.uint8]:
+    """Tile ``k`` of ``grid``: uint8 ``(tile_size, tile_size, 3)``.
+
+    Reads the window of ``grid.level`` under the tile's exact level-0 footprint (plus
+    a filter margin) and resamples it with anti-aliasing; outside the slide is white.
+    A tile that is a plain crop of the level (one level pixel per tile pixel, whole
+    offsets) is read as that crop. With ``cache`` the window is assembled from cached
+    slide blocks (the same pixels, decoded once); without it the window is read
+    directly. ``out`` receives the tile when given.
+    """
+    sx, sy, w, h, u0, v0, fx, fy = tile_window(grid, k)
+    t = grid.tile_size
+    crop = _identity_origin(u0, v0, fx, fy)
+    if crop is not None:
+        if cache is not None:
+            return cache.read_level(reader, grid.level, crop[0], crop[1], t, t, out=out)
+        tile = reader.read_level(grid.level, crop[0], crop[1], t, t)
+    else:
+        if cache is None:
+            src = reader.read_level(grid.level, sx, sy, w, h)
+        else:
+            src = cache.read_level(reader, grid.level, sx, sy, w, h)
+        tile = resample_window(src, (sx, sy), (u0, v0), (fx, fy), (t, t))
+    if out is None:
+        return tile
+    out[...] = tile
+    return out
 
 
 def read_tiles(
-    reader: SlideReader, grid: TileGrid, indices: Sequence[int] | npt.NDArray[np.integer[Any]]
+    reader: SlideReader,
+    grid: TileGrid,
+    indices: Sequence[int] | npt.NDArray[np.integer[Any]],
+    *,
+    cache: BlockCache | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """Several tiles: uint8 ``(B, tile_size, tile_size, 3)``."""
+    """Several tiles: uint8 ``(B, tile_size, tile_size, 3)``.
+
+    Overlapping tiles share compressed slide tiles; reading through ``cache`` (shared
+    by every call on the slide, see :func:`tile_cache`) decodes each of them once.
+    Without ``cache`` a cache local to this call still decodes each slide tile once
+    per batch. The pixels are the same either way.
+    """
     idx = [int(i) for i in np.asarray(indices).reshape(-1)]
     out = np.empty((len(idx), grid.tile_size, grid.tile_size, 3), dtype=np.uint8)
+    if cache is None and len(idx) > 1:
+        cache = BlockCache()
     for j, k in enumerate(idx):
-        out[j] = read_tile(reader, grid, k)
+        read_tile(reader, grid, k, cache=cache, out=out[j])
     return out
 
 

@@ -35,7 +35,7 @@ from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.saliency.engine import resolve_device
 from wsi_saliency.saliency.seams import heatmap_seams, resolve_overlap
 from wsi_saliency.stitch import BLENDS, Stitcher, check_tile_geometry
-from wsi_saliency.tiling import check_slide_fits, make_grid, read_tiles
+from wsi_saliency.tiling import check_slide_fits, make_grid, read_tiles, tile_cache
 from wsi_saliency.tissue import mask_from_thumbnail, save_tissue_png, thumbnail_at_spacing
 from wsi_saliency.types import BatchResult, SlideInfo, TileGrid
 from wsi_saliency.writers import (
@@ -148,9 +148,10 @@ def _tile_batches(
     device: torch.device,
 ) -> Iterator[tuple[npt.NDArray[np.int64], Any]]:
     """Tile batches read ahead by reader threads; pinned tensors on CUDA."""
+    cache = tile_cache(grid)  # shared by the reader threads: each slide tile decoded once
 
     def read_batch(reader: SlideReader, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
-        tiles = read_tiles(reader, grid, idx)
+        tiles = read_tiles(reader, grid, idx, cache=cache)
         if device.type == "cuda":
             return torch.from_numpy(tiles).pin_memory()  # type: ignore[return-value]
         return tiles

@@ -179,7 +179,7 @@ def tile_slide(
     type=click.Choice(BACKENDS),
     default="auto",
     show_default=True,
-    help="Slide reader: OpenSlide with tiffslide fallback, or one of them.",
+    help="Slide reader: auto (per file, the fastest that reads the slide identically) or one.",
 )
 @click.option(
     "--roi",

@@ -115,6 +115,9 @@ class BaseSlideReader(ABC):
     def __init__(self, info: SlideInfo) -> None:
         self._info = info
         self._closed = False
+        #: Native (compressed) tile ``(width, height)`` per level, ``None`` where unknown
+        #: (stripped TIFF, formats that do not say); set by ``open_slide``.
+        self.tile_shapes: tuple[tuple[int, int] | None, ...] = (None,) * info.level_count
 
     # -- primitives ---------------------------------------------------------------
     @abstractmethod
@@ -132,6 +135,12 @@ class BaseSlideReader(ABC):
     def info(self) -> SlideInfo:
         """Dimensions, levels, spacing and backend of the slide."""
         return self._info
+
+    def native_tile_shape(self, level: int) -> tuple[int, int] | None:
+        """``(width, height)`` of the slide file's compressed tiles at ``level``, if known."""
+        if 0 <= level < len(self.tile_shapes):
+            return self.tile_shapes[level]
+        return None
 
     def _check_open(self) -> None:
         if self._closed:

@@ -65,6 +65,44 @@ def _axis_matrix(n_out: int, n_in: int, offset: float, f: float) -> sparse.csr_m
     return (b @ g).astype(np.float32)
 
 
+def _linear_taps(
+    n_out: int, n_in: int, offset: float, f: float
+) -> tuple[
+    npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float32], npt.NDArray[np.float32]
+]:
+    """Source indices and weights of linear sampling, exactly as :func:`_axis_matrix`."""
+    pos = offset + (np.arange(n_out, dtype=np.float64) + 0.5) * f - 0.5
+    i0 = np.floor(pos)
+    w1 = pos - i0
+    i0i = i0.astype(np.intp)
+    return (
+        np.clip(i0i, 0, n_in - 1),
+        np.clip(i0i + 1, 0, n_in - 1),
+        (1.0 - w1).astype(np.float32),
+        w1.astype(np.float32),
+    )
+
+
+def _bilinear(
+    src: npt.NDArray[np.uint8],
+    ox: float,
+    oy: float,
+    fx: float,
+    fy: float,
+    out_shape: tuple[int, int],
+) -> npt.NDArray[np.uint8]:
+    rows, cols = out_shape
+    y0, y1, wy0, wy1 = _linear_taps(rows, src.shape[0], oy, fy)
+    x0, x1, wx0, wx1 = _linear_taps(cols, src.shape[1], ox, fx)
+    ty = src[y0] * wy0[:, None, None]  # along y (uint8 * float32 -> float32)
+    ty += src[y1] * wy1[:, None, None]
+    out = ty[:, x0] * wx0[None, :, None]  # along x
+    out += ty[:, x1] * wx1[None, :, None]
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
+
+
 def resample_window(
     src: npt.NDArray[np.uint8],
     src_origin: tuple[float, float],
@@ -105,6 +143,10 @@ def resample_window(
                 return np.ascontiguousarray(win)
             m = win.reshape(rows, k, cols, k, src.shape[2]).mean(axis=(1, 3), dtype=np.float64)
             return np.clip(np.rint(m), 0, 255).astype(np.uint8)
+    if max(fx, fy) - 1.0 < 2.0 * _MIN_SIGMA:
+        # no anti-aliasing kernel along either axis: plain bilinear sampling, gathered
+        # directly (the same operator as the sparse path, about 10x faster)
+        return _bilinear(src, ox, oy, fx, fy, out_shape)
     ay = _axis_matrix(rows, src.shape[0], oy, fy)
     ax = _axis_matrix(cols, src.shape[1], ox, fx)
     h, w, ch = src.shape
