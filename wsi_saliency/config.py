@@ -66,6 +66,8 @@ METHODS: tuple[str, ...] = (
 SMOOTHINGS: tuple[str, ...] = ("none", "backward-hook", "forward-hook")
 #: Blending of overlapping tiles (``output.blend``).
 BLENDS: tuple[str, ...] = ("uniform", "hann")
+#: GeoJSON compression (``output.geojson_compression``).
+GEOJSON_COMPRESSIONS: tuple[str, ...] = ("none", "gzip")
 #: Keys that do not change a slide's outputs and are left out of :func:`config_hash`:
 #: the model directory's location (its weights are hashed instead) and how fast
 #: tiles are fed (batch size, reader workers) and where slides run (the Dask scheduler).
@@ -208,11 +210,21 @@ class OutputConfig:
         ``None`` scales each slide by robust percentiles (recorded in ``run.json``).
     blend
         How overlapping tiles are merged: ``"uniform"`` or ``"hann"``.
+    class_names
+        ``{model class: QuPath class}`` for the GeoJSON classifications; ``None`` maps the
+        tumour class to QuPath's built-in ``Tumor`` and others to built-ins by name.
+    geojson_compression
+        ``"none"`` or ``"gzip"`` (``tiles.geojson.gz``; QuPath reads it).
+    min_region_um2
+        Smallest tumour region (um^2) written to ``regions.geojson``.
     """
 
     threshold: float = 0.5
     saliency_range: tuple[float, float] | None = None
     blend: str = "uniform"
+    class_names: dict[str, str] | None = None
+    geojson_compression: str = "none"
+    min_region_um2: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -360,6 +372,12 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
         return False, value
     if value is None:
         return False, value
+    if origin is dict:  # {str: str}
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            return False, value
+        return True, dict(value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             return False, value
@@ -406,6 +424,8 @@ def _type_name(hint: Any) -> str:
         return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
     if origin is tuple:
         return f"a list of {len(args)} numbers"
+    if origin is dict:
+        return "a mapping of names to names"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         hint, str(hint)
     )
@@ -541,6 +561,13 @@ def _check_value(key: str, value: Any) -> str | None:  # noqa: C901 - one flat t
         return f"{list(value)} must be [vmin, vmax] with vmin < vmax"
     if key == "output.blend":
         return _choice(value, BLENDS)
+    if key == "output.geojson_compression":
+        return _choice(value, GEOJSON_COMPRESSIONS)
+    if key == "output.min_region_um2":
+        return None if _in_range(value, 0, math.inf, hi_open=True) else f"{value} must be >= 0"
+    if key == "output.class_names":
+        empty = [k for k, v in value.items() if not v.strip()]
+        return f"the QuPath class of {empty} is empty" if empty else None
     return None
 
 
