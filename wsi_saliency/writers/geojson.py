@@ -25,7 +25,8 @@ What QuPath needs (checked with QuPath's own reader, ``PathIO.readObjects``, of 
 
 * ``tiles.geojson``: one detection per tile that was added to the stitcher, classified by
   its top class, ``measurements`` = ``prob_<class>`` for every class, ``saliency_mean``,
-  ``saliency_max``, ``saliency_positive_fraction`` and ``tissue_fraction``.
+  ``saliency_max``, ``saliency_positive_fraction`` and ``tissue_fraction`` (4 significant
+  digits; ``tiles.csv`` has 6).
 * ``regions.geojson``: connected regions where the tumour probability heatmap is
   ``>= threshold``, traced exactly along heatmap pixel edges (union of row runs with
   shapely), holes kept, collinear vertices dropped (the area is unchanged), regions
@@ -105,6 +106,9 @@ _BUILTIN_ALIASES: Mapping[str, str] = {
     "ignore": "Ignore*",
     "background": "Ignore*",
 }
+
+# Significant digits of tile measurements (display and sorting in QuPath; tiles.csv keeps 6)
+_TILE_DIGITS = 4
 
 # Fixed uuid5 namespace of wsi_saliency object ids (never change: ids must stay stable)
 _NAMESPACE = uuid.UUID("6b0f3c1e-5f0a-5d7c-9a52-2f1f3e9d4c11")
@@ -212,11 +216,11 @@ def _write_collection(
     return Path(path)
 
 
-def _finite(measurements: Mapping[str, float]) -> dict[str, float]:
+def _finite(measurements: Mapping[str, float], digits: int = 6) -> dict[str, float]:
     """The measurements with finite values, rounded; non-finite ones are left out."""
     out: dict[str, float] = {}
     for key, value in measurements.items():
-        v = clean_float(value)
+        v = clean_float(value, digits)
         if v is not None:
             out[key] = v
     return out
@@ -293,7 +297,7 @@ def _tile_features(
             props["classification"] = {"name": qnames[top], "color": list(colors[top])}
         if overlapping:
             props["tile_box"] = [bx0, by0, bx1, by1]
-        props["measurements"] = _finite(_tile_measurements(heatmaps, k))
+        props["measurements"] = _finite(_tile_measurements(heatmaps, k), _TILE_DIGITS)
         yield {
             "type": "Feature",
             "id": str(uuid.uuid5(_NAMESPACE, f"{id_seed}/tile/{k}/{bx0}/{by0}")),
