@@ -48,8 +48,9 @@ def entry = QPEx.getProjectEntry()
 if (entry != null)
     names << entry.getImageName()
 def root = new File(OUTPUT_DIR)
-def stems = names.findAll { it != null }.collect { String n ->
-    n = n.replaceAll(/ - .*$/, "")               // "slide.svs - Series 0" -> "slide.svs"
+def stems = names.findAll { it != null }.collectMany { String n ->
+    [n, n.replaceAll(" - .*", "")]               // "slide.svs - Series 0" -> "slide.svs"
+}.collect { String n ->
     n = new File(n).getName()
     int dot = n.lastIndexOf('.')
     dot > 0 ? n.substring(0, dot) : n
