@@ -118,8 +118,10 @@ def test_ome_zarr_probability_lands_on_the_planted_level0_pixels(
     ms = root.attrs["multiscales"][0]
     assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
     scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
-    assert len(ms["datasets"][0]["coordinateTransformations"]) == 1  # no translation
     mpp = hm.grid.mpp
+    # napari/ome-zarr-py put pixel centres at scale * k + translation (tests/test_qupath.py)
+    trans = ms["datasets"][0]["coordinateTransformations"][1]["translation"]
+    assert trans == [0.0, (scale[1] - mpp.y) / 2, (scale[2] - mpp.x) / 2]
     sx, sy = scale[2] / mpp.x, scale[1] / mpp.y  # level-0 px per heatmap px
     assert (sx, sy) == (32.0, 32.0)
     labels = [c["label"] for c in root.attrs["omero"]["channels"]]
@@ -297,7 +299,8 @@ def test_tiles_geojson_for_qupath(tmp_path: Path, hm: StitchedHeatmaps) -> None:
             "tissue_fraction",
         }
         is_tumour = (int(hm.grid.rows[k]), int(hm.grid.cols[k])) in TUMOUR
-        assert feat["properties"]["classification"]["name"] == ("tumor" if is_tumour else "normal")
+        # QuPath's built-in Tumor class; "normal" has no built-in and keeps its name
+        assert feat["properties"]["classification"]["name"] == ("Tumor" if is_tumour else "normal")
         assert meas["prob_tumor"] == pytest.approx(0.9 if is_tumour else 0.1)
     assert len({f["id"] for f in feats}) == len(feats)
     # byte-identical on a re-run; another slide gets other ids
@@ -315,7 +318,7 @@ def test_regions_geojson_has_exact_polygons_with_holes(
     assert len(feats) == 2  # the ring and the blob
     for f in feats:
         check_qupath_feature(f, "annotation")
-        assert f["properties"]["classification"]["name"] == "tumor"
+        assert f["properties"]["classification"] == {"name": "Tumor", "color": [200, 0, 0]}
     ring, blob = (shape(f["geometry"]) for f in feats)
     assert len(ring.interiors) == 1 and len(blob.interiors) == 0
 

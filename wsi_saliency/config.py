@@ -72,6 +72,8 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 SMOOTHINGS: tuple[str, ...] = ("none", "backward-hook", "forward-hook", "bilinear")
 #: Blending of overlapping tiles (``output.blend``).
 BLENDS: tuple[str, ...] = ("uniform", "hann")
+#: GeoJSON compression (``output.geojson_compression``).
+GEOJSON_COMPRESSIONS: tuple[str, ...] = ("none", "gzip")
 #: Keys that do not change a slide's outputs and are left out of :func:`config_hash`:
 #: the model directory's location (its weights are hashed instead) and how fast
 #: tiles are fed (batch size, reader workers) and where slides run (the Dask scheduler).
@@ -224,11 +226,21 @@ class OutputConfig:
     blend
         How overlapping tiles are merged: ``"uniform"`` or ``"hann"`` (the default: with
         the seam-free overlap it hides the tiles' borders).
+    class_names
+        ``{model class: QuPath class}`` for the GeoJSON classifications; ``None`` maps the
+        tumour class to QuPath's built-in ``Tumor`` and others to built-ins by name.
+    geojson_compression
+        ``"none"`` or ``"gzip"`` (``tiles.geojson.gz``; QuPath reads it).
+    min_region_um2
+        Smallest tumour region (um^2) written to ``regions.geojson``.
     """
 
     threshold: float = 0.5
     saliency_range: tuple[float, float] | None = None
     blend: str = "hann"
+    class_names: dict[str, str] | None = None
+    geojson_compression: str = "none"
+    min_region_um2: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -377,6 +389,12 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
         return False, value
     if value is None:
         return False, value
+    if origin is dict:  # {str: str}
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            return False, value
+        return True, dict(value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             return False, value
@@ -423,6 +441,8 @@ def _type_name(hint: Any) -> str:
         return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
     if origin is tuple:
         return f"a list of {len(args)} numbers"
+    if origin is dict:
+        return "a mapping of names to names"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         hint, str(hint)
     )
@@ -560,6 +580,13 @@ def _check_value(key: str, value: Any) -> str | None:  # noqa: C901 - one flat t
         return f"{list(value)} must be [vmin, vmax] with vmin < vmax"
     if key == "output.blend":
         return _choice(value, BLENDS)
+    if key == "output.geojson_compression":
+        return _choice(value, GEOJSON_COMPRESSIONS)
+    if key == "output.min_region_um2":
+        return None if _in_range(value, 0, math.inf, hi_open=True) else f"{value} must be >= 0"
+    if key == "output.class_names":
+        empty = [k for k, v in value.items() if not v.strip()]
+        return f"the QuPath class of {empty} is empty" if empty else None
     return None
 
 

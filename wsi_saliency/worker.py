@@ -27,6 +27,7 @@ import torch
 from wsi_saliency import __version__
 from wsi_saliency.config import RunConfig, config_hash, resolve_model_defaults
 from wsi_saliency.errors import ConfigError
+from wsi_saliency.finite import finite_tiles
 from wsi_saliency.inputs import companion_path, model_fingerprint, slide_fingerprint
 from wsi_saliency.models import LoadedModel
 from wsi_saliency.prefetch import iter_tile_batches
@@ -45,6 +46,7 @@ from wsi_saliency.writers import (
     write_heatmap_outputs,
     write_run_json,
 )
+from wsi_saliency.writers.geojson import count_omitted_measurements
 from wsi_saliency.writers.run_meta import to_jsonable
 
 __all__ = ["SlideResult", "check_run", "heatmap_map_shape", "run_slide"]
@@ -317,6 +319,7 @@ def run_slide(
             config.model.method, config.model.smoothing, device, engine.precision,
         )
         n_done = 0
+        n_nonfinite = 0
         t_inf = time.perf_counter()
         for idx, tiles in _tile_batches(slide_path, config, info, grid, device):
             with watch.stage("model"):
@@ -325,7 +328,9 @@ def run_slide(
                 else:
                     probs, maps = engine.predict(tiles), None
             with watch.stage("stitch"):
-                stitcher.add(BatchResult(indices=idx, probabilities=probs, maps=maps))
+                idx_ok, probs, maps = finite_tiles(idx, probs, maps)
+                n_nonfinite += len(idx) - len(idx_ok)
+                stitcher.add(BatchResult(indices=idx_ok, probabilities=probs, maps=maps))
             n_done += len(idx)
             if progress is not None:
                 progress(n_done, len(grid))
@@ -338,6 +343,12 @@ def run_slide(
                 # seam ratio of the stitched saliency (channel 1) on the grid's stride cells
                 seams = heatmap_seams(heatmaps.heatmap, grid.tile_size, grid.stride,
                                       engine.map_shape, channel=1)
+        if n_nonfinite:
+            log.warning(
+                "%s: the model gave NaN or infinite outputs for %d of %d tiles; they are left "
+                "out of the heatmaps and GeoJSON (run.json: nonfinite.tiles_left_out)",
+                slide_path.name, n_nonfinite, n_done,
+            )
 
         with watch.stage("write"):
             overlay_thumb, overlay_ds = thumbnail_at_spacing(reader, _overlay_spacing(info))
@@ -408,6 +419,10 @@ def run_slide(
             "channels": list(heatmaps.channel_names),
             "blend": heatmaps.blend,
             "coverage": heatmaps.coverage,
+        },
+        "nonfinite": {
+            "tiles_left_out": n_nonfinite,
+            "geojson_measurements_omitted": count_omitted_measurements(heatmaps),
         },
         "device": str(device),
         "inference": {

@@ -21,6 +21,7 @@ from wsi_saliency import __version__
 # the submodule, not the click command (monkeypatching and ``import ... as`` rely on it).
 from wsi_saliency.cli.demo import demo as demo_command
 from wsi_saliency.cli.layers import layers as layers_command
+from wsi_saliency.cli.qupath import qupath_script as qupath_script_command
 from wsi_saliency.cli.run import run as run_command
 from wsi_saliency.cli.score import score as score_command
 from wsi_saliency.cli.surrogate import surrogate as surrogate_command
@@ -41,6 +42,7 @@ cli.add_command(run_command)
 cli.add_command(demo_command)
 cli.add_command(score_command)
 cli.add_command(surrogate_command)
+cli.add_command(qupath_script_command)
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ file                   writer
 ``heatmaps.ome.zarr``  :func:`~wsi_saliency.writers.ome_zarr.write_ome_zarr`
 ``probability.ome.tif``:func:`~wsi_saliency.writers.ome_tiff.write_heatmap_tiffs`
 ``saliency.ome.tif``   :func:`~wsi_saliency.writers.ome_tiff.write_heatmap_tiffs`
-``tiles.geojson``      :func:`~wsi_saliency.writers.geojson.write_tiles_geojson`
-``regions.geojson``    :func:`~wsi_saliency.writers.geojson.write_regions_geojson`
+``tiles.geojson[.gz]`` :func:`~wsi_saliency.writers.geojson.write_tiles_geojson`
+``regions.geojson[.gz]``:func:`~wsi_saliency.writers.geojson.write_regions_geojson`
 ``tiles.csv``          :func:`~wsi_saliency.writers.table.write_tiles_csv`
 ``overlay.png``        :func:`~wsi_saliency.writers.overlay.write_overlay`
 ``run.json``           :func:`~wsi_saliency.writers.run_meta.write_run_json`
@@ -28,6 +28,7 @@ from wsi_saliency.stitch import StitchedHeatmaps
 from wsi_saliency.writers.geojson import (
     REGIONS_FILENAME,
     TILES_FILENAME,
+    geojson_name,
     write_regions_geojson,
     write_tiles_geojson,
 )
@@ -113,9 +114,22 @@ def write_heatmap_outputs(
     levels = write_ome_zarr(zpath, heatmaps, name=name or None, overwrite=True)
     paths["heatmaps"] = zpath
     paths.update(write_heatmap_tiffs(out_dir, heatmaps, levels=levels))
-    paths["tiles_geojson"] = write_tiles_geojson(out_dir / TILES_FILENAME, heatmaps, id_seed=name)
+    gz = cfg.geojson_compression
+    paths["tiles_geojson"] = write_tiles_geojson(
+        out_dir / geojson_name(TILES_FILENAME, gz),
+        heatmaps,
+        id_seed=name,
+        class_names=cfg.class_names,
+        compression=gz,
+    )
     paths["regions_geojson"] = write_regions_geojson(
-        out_dir / REGIONS_FILENAME, heatmaps, threshold=cfg.threshold, id_seed=name
+        out_dir / geojson_name(REGIONS_FILENAME, gz),
+        heatmaps,
+        threshold=cfg.threshold,
+        id_seed=name,
+        class_names=cfg.class_names,
+        compression=gz,
+        min_region_um2=cfg.min_region_um2,
     )
     paths["tiles_csv"] = write_tiles_csv(out_dir / CSV_FILENAME, heatmaps)
     scaling = write_overlay(

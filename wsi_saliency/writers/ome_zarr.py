@@ -9,11 +9,20 @@ Layout (zarr format 2, ``/`` chunk key separator, Blosc-zstd, float32)::
 Channel 0 is the tumour probability, channel 1 the raw signed saliency; further channels
 follow (``omero.channels[].label`` names them). NaN marks pixels no tile covered.
 
-Coordinates: level ``i`` has scale ``[1, p * 2**i, p * 2**i]`` (``p`` = heatmap pixel size
-in um) and no translation, with the *pixel corner* convention of the stitcher: pixel
-``(y, x)`` of level ``i`` covers ``[x * p * 2**i, (x + 1) * p * 2**i)`` um from the slide's
-top-left corner (divide by the slide MPP for level-0 pixels). The pyramid is built with
-dask, chunk by chunk, each level read back from the one written before it.
+Coordinates: pixel ``(y, x)`` of level ``i`` covers ``[x * s_i, (x + 1) * s_i)`` um from
+the slide's top-left corner, ``s_i = p * 2**i`` (``p`` = heatmap pixel size in um; the
+stitcher's *pixel corner* convention; divide by the slide MPP for level-0 pixels).
+
+OME-NGFF viewers (napari, ome-zarr-py) put array index ``k`` at world coordinate
+``scale * k + translation`` and draw the pixel *centred* there; a slide opened beside it
+with scale = its MPP and no translation puts its pixel ``k`` centred at ``k * mpp``. So
+level ``i`` carries ``scale [1, s_i, s_i]`` and ``translation [0, (s_i - mpp_y) / 2,
+(s_i - mpp_x) / 2]``: the centre of heatmap pixel ``(y, x)`` is then the centre of the
+level-0 slide pixels it covers, and the two layers line up pixel-exactly.
+``omero.rdefs.model`` is ``"color"`` so viewers use the channel colours (tumour red).
+
+The pyramid is built with dask, chunk by chunk, each level read back from the one
+written before it.
 """
 
 from __future__ import annotations
@@ -153,6 +162,7 @@ def write_ome_zarr(
             for a, b in zip(lo_v, hi_v, strict=True)
         ]
         sx, sy = heatmaps.downsample
+        mx, my = float(heatmaps.grid.mpp.x), float(heatmaps.grid.mpp.y)
         multiscale: dict[str, Any] = {
             "version": "0.4",
             "name": name or "heatmaps",
@@ -165,7 +175,15 @@ def write_ome_zarr(
                 {
                     "path": str(i),
                     "coordinateTransformations": [
-                        {"type": "scale", "scale": [1.0, p * 2**i, p * 2**i]}
+                        {"type": "scale", "scale": [1.0, p * 2**i, p * 2**i]},
+                        {
+                            "type": "translation",
+                            "translation": [
+                                0.0,
+                                (p * 2**i - my) / 2.0,
+                                (p * 2**i - mx) / 2.0,
+                            ],
+                        },
                     ],
                 }
                 for i in range(len(levels))
@@ -173,7 +191,11 @@ def write_ome_zarr(
             "type": "mean",
             "metadata": {
                 "description": "2x2 NaN-mean of the level before (wsi_saliency.writers)",
-                "pixel_convention": "pixel (y, x) covers [x*s, (x+1)*s) um, s = scale; no offset",
+                "pixel_convention": (
+                    "pixel (y, x) covers [x*s, (x+1)*s) um from the slide corner, s = scale; "
+                    "translation = (s - slide mpp) / 2 puts pixel centres on the centres of "
+                    "the slide pixels they cover (slide pixel k centred at k * mpp)"
+                ),
             },
         }
         root.attrs.update(
@@ -183,7 +205,7 @@ def write_ome_zarr(
                     "name": name or "heatmaps",
                     "version": "0.4",
                     "channels": _channel_meta(heatmaps, ranges),
-                    "rdefs": {"defaultT": 0, "defaultZ": 0, "model": "greyscale"},
+                    "rdefs": {"defaultT": 0, "defaultZ": 0, "model": "color"},
                 },
                 "wsi_saliency": {
                     "pixel_size_um": p,
