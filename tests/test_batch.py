@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from wsi_saliency import batch as batch_mod
 from wsi_saliency.batch import (
     EXIT_FAILED,
     EXIT_OK,
@@ -28,6 +27,7 @@ from wsi_saliency.batch import (
     clean_stale_temp,
     completed_run,
     discover_slides,
+    outdir,
     prepare_output_dir,
     run_batch,
     run_matches,
@@ -486,12 +486,12 @@ def test_temporary_entries_of_other_hosts_are_left_until_old(tmp_path: Path) -> 
     out = tmp_path / "out"
     out.mkdir()
     dead = 2**22 + 12345
-    ours = out / f".tmp-a-{dead}@{batch_mod._host()}"
+    ours = out / f".tmp-a-{dead}@{outdir.host_name()}"
     remote = out / f".tmp-b-{dead}@another-node"
     old_remote = out / f".trash-c-{dead}@another-node"
     for p in (ours, remote, old_remote):
         p.mkdir()
-    age = batch_mod.FOREIGN_TEMP_MAX_AGE_S + 60
+    age = outdir.FOREIGN_TEMP_MAX_AGE_S + 60
     os.utime(old_remote, (time.time() - age, time.time() - age))
     assert sorted(clean_stale_temp(out)) == sorted([ours, old_remote])
     assert remote.exists()  # a Dask worker on another host may still be writing it
@@ -648,7 +648,7 @@ def test_sigkill_mid_slide_leaves_no_finished_looking_folder(tmp_path: Path) -> 
     # a is finished, b is only a temporary folder, c not started
     assert completed_run(out / "a") is not None
     assert not (out / "b").exists() and not (out / "c").exists()
-    assert leftovers(out) == [f".tmp-b-{proc.pid}@{batch_mod._host()}"]
+    assert leftovers(out) == [f".tmp-b-{proc.pid}@{outdir.host_name()}"]
     assert [e["status"] for e in summary_of(out)["slides"]] == ["done", "pending", "pending"]
     # re-run: stale temp removed, a not recomputed, b and c done
     worker = FakeWorker()
@@ -687,17 +687,6 @@ def test_resume_accepts_a_run_json_hashed_by_another_implementation(tmp_path: Pa
 # ----------------------------------------------------------------------------- real worker
 
 
-def require_pipeline() -> None:
-    """Skip unless the real per-slide worker and the bundled demo model are there."""
-    try:
-        import wsi_saliency.worker  # noqa: F401
-        from wsi_saliency.models import load_model
-
-        load_model(None)
-    except Exception as exc:  # noqa: BLE001 - any reason the pipeline is not there yet
-        pytest.skip(f"per-slide worker or demo model not available: {exc}")
-
-
 def make_small_slides(root: Path, n: int) -> list[Path]:
     """``n`` small generated SVS slides (1536 x 1024 px, 0.5 um/px) with planted tumour."""
     from wsi_saliency import synthetic
@@ -722,7 +711,6 @@ def make_small_slides(root: Path, n: int) -> list[Path]:
 @pytest.mark.slow
 def test_e2e_changing_layer_or_method_reruns_affected_slides_only(tmp_path: Path) -> None:
     """With the real worker: a config change re-runs exactly the slides it affects."""
-    require_pipeline()
     from wsi_saliency.config import load_config
     from wsi_saliency.models import load_model
 
@@ -828,8 +816,6 @@ def test_symlink_cycles_and_duplicate_links_are_found_once(tmp_path: Path) -> No
 def test_commit_puts_the_older_result_back_when_the_new_one_cannot_move_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from wsi_saliency import batch as batch_mod
-
     final = tmp_path / "a"
     final.mkdir()
     (final / "run.json").write_text("{}")
@@ -842,9 +828,9 @@ def test_commit_puts_the_older_result_back_when_the_new_one_cannot_move_in(
             raise KeyboardInterrupt  # e.g. Ctrl-C between the two renames
         real_rename(src, dst)
 
-    monkeypatch.setattr(batch_mod.os, "rename", rename)
+    monkeypatch.setattr(outdir.os, "rename", rename)
     with pytest.raises(KeyboardInterrupt):
-        batch_mod._commit(work, final, "a")
+        outdir.commit_folder(work, final)
     assert (final / "run.json").is_file()
     assert not any(p.name.startswith(".trash-") for p in tmp_path.iterdir())
 

@@ -1,7 +1,7 @@
 """The per-slide job: slide -> tissue -> tiles -> model + saliency -> stitched outputs.
 
 :func:`run_slide` is the one function that turns a slide into its output folder. It
-knows nothing of batches, resume or clusters: ``batch.py`` calls it locally and the
+knows nothing of batches, resume or clusters: :mod:`wsi_saliency.batch` calls it locally and the
 Dask runner calls the same function on a worker.
 
 Tiles are read by reader threads (each with its own slide handle, see
@@ -27,16 +27,17 @@ import torch
 from wsi_saliency import __version__
 from wsi_saliency.config import RunConfig, config_hash, resolve_model_defaults
 from wsi_saliency.errors import ConfigError
-from wsi_saliency.inputs import companion_path, model_fingerprint, slide_fingerprint
+from wsi_saliency.inputs import model_fingerprint, slide_fingerprint
 from wsi_saliency.models import LoadedModel
+from wsi_saliency.plan import plan_slide
 from wsi_saliency.prefetch import iter_tile_batches
 from wsi_saliency.readers import SlideReader, open_slide
 from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.saliency.engine import resolve_device
 from wsi_saliency.stitch import BLENDS, Stitcher, check_tile_geometry
-from wsi_saliency.tiling import check_slide_fits, make_grid, read_tiles
-from wsi_saliency.tissue import mask_from_thumbnail, save_tissue_png, thumbnail_at_spacing
-from wsi_saliency.types import BatchResult, SlideInfo, TileGrid
+from wsi_saliency.tiling import read_tiles
+from wsi_saliency.tissue import save_tissue_png, thumbnail_at_spacing
+from wsi_saliency.types import BatchResult, Mpp, SlideInfo, TileGrid
 from wsi_saliency.writers import (
     RUN_JSON_FILENAME,
     collect_hardware,
@@ -104,15 +105,14 @@ class _Stopwatch:
         return out
 
 
-def _overlay_spacing(info: SlideInfo) -> float:
+def _overlay_spacing(info: SlideInfo, mpp: Mpp) -> float:
     """Spacing of the thumbnail under ``overlay.png``: about ``OVERLAY_MAX_PX`` on the long
     side, snapped to the first pyramid level at least that coarse so that it is read
     straight from that level without resampling."""
-    assert info.mpp is not None
     target = max(1.0, max(info.dimensions) / OVERLAY_MAX_PX)
     coarser = [d for d in info.level_downsamples if d >= target * 0.999]
     ds = min(coarser) if coarser else target
-    return ds * info.mpp.x
+    return ds * mpp.x
 
 
 def _open(path: Path, config: RunConfig, backend: str | None = None) -> SlideReader:
@@ -124,9 +124,8 @@ def _open(path: Path, config: RunConfig, backend: str | None = None) -> SlideRea
     )
 
 
-def _slide_facts(info: SlideInfo) -> dict[str, Any]:
+def _slide_facts(info: SlideInfo, mpp: Mpp) -> dict[str, Any]:
     """Slide facts for run.json: geometry and spacing only, never patient data."""
-    assert info.mpp is not None
     return {
         "file": Path(info.path).name,
         "backend": info.backend,
@@ -134,7 +133,7 @@ def _slide_facts(info: SlideInfo) -> dict[str, Any]:
         "dimensions": list(info.dimensions),
         "level_count": info.level_count,
         "level_downsamples": [round(d, 6) for d in info.level_downsamples],
-        "mpp": {"x": info.mpp.x, "y": info.mpp.y, "source": info.mpp.source},
+        "mpp": {"x": mpp.x, "y": mpp.y, "source": mpp.source},
         "objective_power": info.objective_power,
     }
 
@@ -230,7 +229,7 @@ def run_slide(
     config
         The run configuration; ``None`` tiling values come from the model's config.
     out_dir
-        Existing, empty folder for this slide's outputs (``batch.py`` passes a
+        Existing, empty folder for this slide's outputs (the batch passes a
         temporary folder it renames into place when this returns).
     progress
         Called as ``progress(done_tiles, total_tiles)`` after every batch.
@@ -260,32 +259,8 @@ def run_slide(
         reader = _open(slide_path, config)
     with reader:
         info = reader.info
-        check_slide_fits(info, tile_size=tile_size, spacing=spacing)
-        with watch.stage("tissue"):
-            tcfg = config.tissue
-            thumb, thumb_ds = thumbnail_at_spacing(reader, tcfg.spacing)
-            assert info.mpp is not None
-            mask = mask_from_thumbnail(
-                thumb,
-                downsample=thumb_ds,
-                spacing=tcfg.spacing,
-                mpp=info.mpp.x,
-                method=tcfg.method,
-                threshold=tcfg.threshold,
-                min_object_um2=tcfg.min_object_um2,
-                roi=companion_path(tcfg.roi, slide_path) if tcfg.roi else None,
-                slide_dimensions=info.dimensions,
-                name=info.path,
-            )
-        with watch.stage("grid"):
-            grid = make_grid(
-                info,
-                mask,
-                tile_size=tile_size,
-                spacing=spacing,
-                overlap=config.tiling.overlap,
-                min_tissue=config.tiling.min_tissue,
-            )
+        plan = plan_slide(reader, config, timer=watch.stage)
+        grid, mask = plan.grid, plan.mask
         engine = _engine(model, config, device)
         scratch = out_dir / ".scratch.zarr"
         stitcher = Stitcher(
@@ -316,7 +291,9 @@ def run_slide(
             heatmaps = stitcher.finalize()
 
         with watch.stage("write"):
-            overlay_thumb, overlay_ds = thumbnail_at_spacing(reader, _overlay_spacing(info))
+            overlay_thumb, overlay_ds = thumbnail_at_spacing(
+                reader, _overlay_spacing(info, plan.mpp)
+            )
             outputs, scaling = write_heatmap_outputs(
                 out_dir,
                 heatmaps,
@@ -325,7 +302,7 @@ def run_slide(
                 output=config.output,
                 name=slide_path.stem,
             )
-            outputs["tissue"] = save_tissue_png(thumb, mask, out_dir / TISSUE_PNG)
+            outputs["tissue"] = save_tissue_png(plan.thumbnail, mask, out_dir / TISSUE_PNG)
             shutil.rmtree(scratch, ignore_errors=True)
 
     timings = watch.total()
@@ -358,7 +335,7 @@ def run_slide(
             "map_shape": list(engine.map_shape),
             "display_scaling": scaling.as_dict(),
         },
-        "slide": _slide_facts(info),
+        "slide": _slide_facts(info, plan.mpp),
         "tissue": {
             "method": mask.method,
             "threshold": mask.threshold,

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import signal
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 import yaml
@@ -18,8 +16,7 @@ from wsi_saliency.batch import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     BatchSummary,
-    discover_slides,
-    prepare_output_dir,
+    prepare_batch,
     run_batch,
 )
 from wsi_saliency.cli._logging import (
@@ -37,9 +34,6 @@ from wsi_saliency.config import (
     load_config,
 )
 from wsi_saliency.errors import ClusterError, MissingDependencyError, WsiSaliencyError
-
-if TYPE_CHECKING:
-    from wsi_saliency.models import LoadedModel
 
 __all__ = ["UsageFailure", "execute_batch", "parse_set_options", "run"]
 
@@ -81,24 +75,6 @@ def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
             value = raw
         out[key.strip()] = value
     return out
-
-
-def _check_run(model: LoadedModel, config: RunConfig, *, demo: bool = False) -> None:
-    """Usage errors a slide would only find later (layer, target, device, overlap)."""
-    from wsi_saliency.worker import check_run
-
-    check_run(model, config)
-    if config.model.path is None and not demo:
-        logging.getLogger("wsi_saliency").warning(
-            "using the bundled demo model: it was trained on generated slides only and is not "
-            "a medical model; its outputs on real slides mean nothing (pass --model)"
-        )
-
-
-def _load_model(path: str | None, *, trust_code: bool = False) -> LoadedModel:
-    from wsi_saliency.models import load_model
-
-    return load_model(path, trust_code=trust_code)
 
 
 @contextlib.contextmanager
@@ -146,7 +122,11 @@ def execute_batch(
     yaml_dict: Mapping[str, Any] | None = None,
     demo: bool = False,
 ) -> tuple[BatchSummary, RunConfig]:
-    """Validate everything, load the model once, then run the batch.
+    """Read the configuration, prepare the batch, run it; errors before work exit 2.
+
+    The command-line shell around :func:`wsi_saliency.batch.prepare_batch` and
+    :func:`wsi_saliency.batch.run_batch`: progress bars, SIGTERM as an interrupt, and
+    usage errors as :class:`UsageFailure`.
 
     Parameters
     ----------
@@ -182,22 +162,19 @@ def execute_batch(
         if yaml_dict is None:
             yaml_dict = load_config(yaml_path) if yaml_path is not None else {}
         config = build_config(yaml_dict, overrides, source=yaml_path)
-        slides = discover_slides(inputs, exclude=[Path(os.path.abspath(out))])
-        if config.inference.scheduler is not None:
-            from wsi_saliency.cluster import require_distributed
-
-            require_distributed()
-        model = _load_model(config.model.path, trust_code=config.model.trust_code)
-        _check_run(model, config, demo=demo)
-        # only now, when nothing else can be wrong, is the output folder created
-        out_dir = prepare_output_dir(out)
+        prepared = prepare_batch(inputs, out, config, demo=demo)
     except (WsiSaliencyError, OSError) as exc:
         raise UsageFailure(str(exc)) from exc
     reporter = ProgressReporter(enabled=progress_enabled(quiet=quiet, log_format=log_format))
     with _sigterm_as_interrupt():
         try:
             summary = run_batch(
-                slides, out_dir, config, model, overwrite=overwrite, reporter=reporter
+                prepared.slides,
+                prepared.out_dir,
+                config,
+                prepared.model,
+                overwrite=overwrite,
+                reporter=reporter,
             )
         except (ClusterError, MissingDependencyError) as exc:  # raised before any slide ran
             raise UsageFailure(str(exc)) from exc
