@@ -53,6 +53,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +64,7 @@ from wsi_saliency.types import BatchResult, TileGrid
 
 __all__ = [
     "BLENDS",
+    "Blend",
     "StitchedHeatmaps",
     "Stitcher",
     "TileStats",
@@ -71,8 +73,9 @@ __all__ = [
     "heatmap_pixel_size",
 ]
 
-#: Names accepted by ``blend``.
-BLENDS: tuple[str, ...] = ("uniform", "hann")
+Blend = Literal["uniform", "hann"]
+#: Names accepted by ``blend`` (``output.blend``).
+BLENDS: tuple[Blend, ...] = get_args(Blend)
 
 _EPS = 1e-9
 

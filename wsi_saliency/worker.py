@@ -26,7 +26,6 @@ import torch
 
 from wsi_saliency import __version__
 from wsi_saliency.config import RunConfig, config_hash, resolve_model_defaults
-from wsi_saliency.errors import ConfigError
 from wsi_saliency.inputs import model_fingerprint, slide_fingerprint
 from wsi_saliency.models import LoadedModel
 from wsi_saliency.plan import plan_slide
@@ -34,7 +33,7 @@ from wsi_saliency.prefetch import iter_tile_batches
 from wsi_saliency.readers import SlideReader, open_slide
 from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.saliency.engine import resolve_device
-from wsi_saliency.stitch import BLENDS, Stitcher, check_tile_geometry
+from wsi_saliency.stitch import Stitcher, check_tile_geometry
 from wsi_saliency.tiling import read_tiles
 from wsi_saliency.tissue import save_tissue_png, thumbnail_at_spacing
 from wsi_saliency.types import BatchResult, Mpp, SlideInfo, TileGrid
@@ -201,10 +200,6 @@ def check_run(model: LoadedModel, config: RunConfig) -> SaliencyEngine:
     """
     config = resolve_model_defaults(config, model.spec)
     assert config.tiling.tile_size is not None
-    if config.output.blend not in BLENDS:
-        raise ConfigError(
-            f"output.blend {config.output.blend!r} is not one of {', '.join(BLENDS)}"
-        )
     engine = _engine(model, config, resolve_device(config.inference.device))
     check_tile_geometry(config.tiling.tile_size, config.tiling.overlap, engine.map_shape)
     return engine

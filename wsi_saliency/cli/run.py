@@ -25,14 +25,8 @@ from wsi_saliency.cli._logging import (
     progress_enabled,
     setup_logging,
 )
-from wsi_saliency.config import (
-    BACKENDS,
-    METHODS,
-    SMOOTHINGS,
-    RunConfig,
-    build_config,
-    load_config,
-)
+from wsi_saliency.cli.options import config_options, option_overrides
+from wsi_saliency.config import RunConfig, build_config, load_config
 from wsi_saliency.errors import ClusterError, MissingDependencyError, WsiSaliencyError
 
 __all__ = ["UsageFailure", "execute_batch", "parse_set_options", "run"]
@@ -181,12 +175,6 @@ def execute_batch(
     return summary, config
 
 
-def _target(value: str | None) -> str | int | None:
-    if value is None:
-        return None
-    return int(value) if value.isdigit() else value
-
-
 @click.command(name="run")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option(
@@ -203,39 +191,7 @@ def _target(value: str | None) -> str | int | None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="YAML run configuration; command-line options override it.",
 )
-@click.option("--model", "-m", default=None, help="Model directory [default: bundled demo model].")
-@click.option(
-    "--trust-model-code",
-    is_flag=True,
-    default=None,
-    help="Let the model folder run its own Python code ('file.py:callable' or "
-    "'package.module:callable' architectures). Only for model folders you trust.",
-)
-@click.option("--layer", default=None, help="Layer explained [default: the model's].")
-@click.option("--method", type=click.Choice(METHODS), default=None, help="Saliency method.")
-@click.option("--smoothing", type=click.Choice(SMOOTHINGS), default=None, help="Smoothing hooks.")
-@click.option("--target", default=None, help="Class explained, name or index [default: tumour].")
-@click.option("--mpp", type=float, default=None, help="Level-0 um/px for every slide (override).")
-@click.option(
-    "--mpp-sidecar",
-    default=None,
-    help="Per-slide spacing file beside each slide [default: {stem}.mpp.json].",
-)
-@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Slide reader.")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [default: auto].")
-@click.option("--batch-size", type=int, default=None, help="Tiles per model batch [default: 32].")
-@click.option("--workers", type=int, default=None, help="Tile-reading workers [default: 2].")
-@click.option(
-    "--scheduler",
-    default=None,
-    metavar="ADDRESS",
-    help="Run slides on a Dask cluster: tcp://host:8786, or local:N worker processes "
-    "(one per GPU) [default: in this process].",
-)
-@click.option("--tile-size", type=int, default=None, help="Tile px [default: the model's].")
-@click.option("--spacing", type=float, default=None, help="Tile um/px [default: the model's].")
-@click.option("--overlap", type=float, default=None, help="Tile overlap in [0, 1) [default: 0].")
-@click.option("--min-tissue", type=float, default=None, help="Min tissue fraction [default: 0.25].")
+@config_options("run")
 @click.option(
     "--set",
     "-s",
@@ -250,28 +206,12 @@ def run(
     inputs: tuple[str, ...],
     out: Path,
     config_path: Path | None,
-    model: str | None,
-    trust_model_code: bool | None,
-    layer: str | None,
-    method: str | None,
-    smoothing: str | None,
-    target: str | None,
-    mpp: float | None,
-    mpp_sidecar: str | None,
-    backend: str | None,
-    device: str | None,
-    batch_size: int | None,
-    workers: int | None,
-    scheduler: str | None,
-    tile_size: int | None,
-    spacing: float | None,
-    overlap: float | None,
-    min_tissue: float | None,
     sets: tuple[str, ...],
     overwrite: bool,
     quiet: bool,
     log_level: str | None,
     log_format: str,
+    **options: Any,
 ) -> None:
     """Run tumour inference and saliency on slides and write heatmaps.
 
@@ -284,26 +224,7 @@ def run(
     """
     setup_logging(log_level, log_format, quiet=quiet)
     overrides: dict[str, Any] = parse_set_options(sets)
-    options: dict[str, Any] = {
-        "model.path": model,
-        "model.trust_code": trust_model_code,
-        "model.layer": layer,
-        "model.method": method,
-        "model.smoothing": smoothing,
-        "model.target": _target(target),
-        "slide.mpp": mpp,
-        "slide.mpp_sidecar": mpp_sidecar,
-        "slide.backend": backend,
-        "inference.device": device,
-        "inference.batch_size": batch_size,
-        "inference.workers": workers,
-        "inference.scheduler": scheduler,
-        "tiling.tile_size": tile_size,
-        "tiling.spacing": spacing,
-        "tiling.overlap": overlap,
-        "tiling.min_tissue": min_tissue,
-    }
-    overrides.update({k: v for k, v in options.items() if v is not None})
+    overrides.update(option_overrides(options))
     try:
         summary, _ = execute_batch(
             inputs,

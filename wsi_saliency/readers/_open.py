@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal, get_args
 
 from wsi_saliency.errors import SlideOpenError, WsiSaliencyError
 from wsi_saliency.readers.base import BaseSlideReader
@@ -24,10 +25,12 @@ from wsi_saliency.readers.tiffslide_backend import (
 )
 from wsi_saliency.types import SlideInfo
 
-__all__ = ["BACKENDS", "open_slide"]
+__all__ = ["BACKENDS", "Backend", "open_slide"]
 
 #: Backend names accepted by :func:`open_slide`.
-BACKENDS = ("auto", "openslide", "tiffslide")
+Backend = Literal["auto", "openslide", "tiffslide"]
+#: Slide reader backends (``slide.backend``): OpenSlide with tiffslide fallback, or one.
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 
 def _build(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import warnings
 from collections.abc import Iterator
@@ -14,19 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
-from wsi_saliency.errors import ConfigError, SaliencyUnsupportedError
+from wsi_saliency.errors import ConfigError, SaliencyUnsupportedError, WsiSaliencyWarning
 from wsi_saliency.models import LoadedModel
-from wsi_saliency.saliency.hooks import SMOOTHING_MODES, register_smoothing_hooks
+from wsi_saliency.saliency.choices import METHODS, SMOOTHING_MODES
+from wsi_saliency.saliency.hooks import register_smoothing_hooks
 from wsi_saliency.saliency.layers import LayerInfo, default_layer, get_layer, trace_layers
 from wsi_saliency.saliency.methods import (
     CAPTUM_METHODS,
-    METHODS,
     captum_layer_attribution,
     channel_attribution,
     reduce_channels,
 )
 
-__all__ = ["SaliencyEngine", "resolve_device"]
+__all__ = ["SaliencyEngine", "prepared_module", "resolve_device"]
 
 TileBatch = npt.NDArray[np.uint8] | torch.Tensor
 
@@ -64,6 +65,29 @@ def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     raise ConfigError(f"{what} {value!r} is not one of {list(allowed)}{hint}")
 
 
+def prepared_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The engine's own view of a model's module: a copy in eval mode, frozen, on ``device``.
+
+    Parameters
+    ----------
+    module
+        The caller's module (not changed).
+    device
+        Where the copy runs.
+
+    Returns
+    -------
+    torch.nn.Module
+        A deep copy (TorchScript modules included) with every parameter's
+        ``requires_grad`` off.
+    """
+    view = copy.deepcopy(module)
+    view.eval()
+    for p in view.parameters():
+        p.requires_grad_(False)
+    return view.to(device)
+
+
 class SaliencyEngine:
     """Class probabilities and a hidden-layer saliency map for every tile of a batch.
 
@@ -78,8 +102,9 @@ class SaliencyEngine:
     Parameters
     ----------
     model
-        A loaded model. The engine puts its module in eval mode, freezes its parameters
-        and moves it to ``device``.
+        A loaded model. It is left untouched: the engine runs its own copy of the module
+        (:func:`prepared_module`: eval mode, frozen parameters, on ``device``), so the
+        caller's training flag, ``requires_grad`` and device stay as they were.
     layer
         Module path of the explained layer; ``None`` takes the model's
         ``saliency_layer``, else a stride-16 feature map (see
@@ -146,13 +171,9 @@ class SaliencyEngine:
         self._autocast = bool(autocast) and self._device.type == "cuda"
         if autocast and not self._autocast:
             warnings.warn("autocast is only used on CUDA; running in float32 on the CPU",
-                          stacklevel=2)
+                          WsiSaliencyWarning, stacklevel=2)
         self._target = self._resolve_target(target)
-        module = model.module
-        module.eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
-        module.to(self._device)
+        module = prepared_module(model.module, self._device)
         self._module = module
         self._mean = torch.tensor(spec.mean, device=self._device).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, device=self._device).view(1, 3, 1, 1)
@@ -185,6 +206,11 @@ class SaliencyEngine:
         self._stem = min(convs, key=lambda i: i.start).name if convs else None
 
     # ------------------------------------------------------------------ properties
+    @property
+    def module(self) -> torch.nn.Module:
+        """The engine's own copy of the model's module (eval mode, frozen, on its device)."""
+        return self._module
+
     @property
     def map_shape(self) -> tuple[int, int]:
         """``(h, w)`` of the saliency maps (the layer's resolution at the model input size)."""

@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from wsi_saliency.errors import ConfigError
+from wsi_saliency.saliency.choices import SMOOTHING_MODES
 
 __all__ = [
     "SMOOTHING_MODES",
@@ -51,8 +52,6 @@ __all__ = [
     "strided_convs",
 ]
 
-SMOOTHING_MODES: tuple[str, ...] = ("none", "backward-hook", "forward-hook")
-"""Accepted values of ``smoothing``."""
 
 
 def box_average(x: torch.Tensor, size: int = 2) -> torch.Tensor:
