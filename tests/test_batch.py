@@ -42,6 +42,14 @@ from wsi_saliency.config import (
 )
 from wsi_saliency.errors import InputError, OutputError, SlideOpenError
 from wsi_saliency.inputs import model_fingerprint, slide_fingerprint
+from wsi_saliency.run_record import (
+    RUN_RECORD_VERSION,
+    ModelRecord,
+    RunRecord,
+    RunRecordError,
+    TilingRecord,
+    read_run_record,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +71,40 @@ class FakeSpec:
 @dataclass(frozen=True)
 class FakeModel:
     spec: FakeSpec = field(default_factory=FakeSpec)
+
+
+def fake_record(path: Path, model: FakeModel, config: RunConfig) -> RunRecord:
+    """The run record a real worker would write, with the fake's 3 tiles and tiles.csv."""
+    fingerprint = model_fingerprint(model.spec)
+    return RunRecord(
+        wsi_saliency_version="test",
+        config_hash=config_hash(config, fingerprint),
+        inputs=slide_fingerprint(path, mpp_sidecar=config.slide.mpp_sidecar, roi=config.tissue.roi),
+        config=config_to_dict(config),
+        model=ModelRecord(
+            name=model.spec.name,
+            architecture="fake",
+            weights_file="model.safetensors",
+            weights_sha256=model.spec.weights_sha256,
+            fingerprint=fingerprint,
+            class_names=("normal", "tumor"),
+            tumor_class=model.spec.tumor_class,
+            patch_size=model.spec.patch_size,
+            spacing_um_px=model.spec.spacing,
+        ),
+        tiling=TilingRecord(
+            tile_size=model.spec.patch_size,
+            spacing_um_px=model.spec.spacing,
+            overlap=0.0,
+            stride=model.spec.patch_size,
+            min_tissue=0.25,
+            read_level=0,
+            read_downsample=1.0,
+            grid_shape=(1, 3),
+            n_tiles=3,
+        ),
+        outputs=("tiles.csv",),
+    )
 
 
 @dataclass
@@ -106,20 +148,7 @@ class FakeWorker:
             f"slide,layer,method\n{data[:16].decode('ascii', 'replace')},{config.model.layer},{config.model.method}\n"
         )
         if not data.startswith(b"NORUN"):
-            run = {
-                "config_hash": config_hash(config, model_fingerprint(model.spec)),
-                "model": {
-                    "weights_sha256": model.spec.weights_sha256,
-                    "fingerprint": model_fingerprint(model.spec),
-                },
-                "inputs": slide_fingerprint(
-                    path, mpp_sidecar=config.slide.mpp_sidecar, roi=config.tissue.roi
-                ),
-                "config": config_to_dict(config),
-                "n_tiles": 3,
-                "outputs": {"tiles_csv": "tiles.csv"},
-            }
-            (out_dir / "run.json").write_text(json.dumps(run))
+            fake_record(path, model, config).write(out_dir)
         return SimpleNamespace(n_tiles=3, timings={"read": 0.01, "model": 0.02}, outputs={})
 
 
@@ -668,20 +697,54 @@ def test_resume_accepts_a_run_json_hashed_by_another_implementation(tmp_path: Pa
     expected = run["config_hash"]
     run["config_hash"] = "0" * 64
     run_json.write_text(json.dumps(run))
-    assert run_matches(run, expected, "a" * 64, model_fingerprint(FakeModel().spec))
-    assert not run_matches(run, expected, "b" * 64)
+    record = RunRecord.from_dict(run)
+    assert run_matches(record, expected, "a" * 64, model_fingerprint(FakeModel().spec))
+    assert not run_matches(record, expected, "b" * 64)
     worker = FakeWorker()
     run_batch(slides, out, RunConfig(), FakeModel(), run_slide=worker)
     assert worker.calls == []
     # recorded config differs (method): redone
     run["config"]["model"]["method"] = "grad-cam"
     run_json.write_text(json.dumps(run))
-    assert not run_matches(run, expected, "a" * 64)
+    assert not run_matches(RunRecord.from_dict(run), expected, "a" * 64)
     run_batch(slides, out, RunConfig(), FakeModel(), run_slide=worker)
     assert worker.calls == ["a.svs"]
     # unparseable recorded config: redone, not a crash
-    bad = {"config_hash": "x", "model": {"weights_sha256": "a" * 64}, "config": {"bogus": 1}}
+    bad = dataclasses.replace(record, config_hash="x", config={"bogus": 1})
     assert not run_matches(bad, expected, "a" * 64)
+
+
+def test_run_record_round_trip_and_refusals(tmp_path: Path) -> None:
+    """run.json is a typed, versioned record: written, read back equal; bad files refused."""
+    slide = make_slides(tmp_path, {"a.svs": b"A"})[0]
+    record = fake_record(slide, FakeModel(), RunConfig())
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "tiles.csv").write_text("x\n")
+    record.write(folder)
+    data = json.loads((folder / "run.json").read_text())
+    assert data["run_record_version"] == RUN_RECORD_VERSION
+    assert read_run_record(folder) == dataclasses.replace(
+        record, config=json.loads(json.dumps(record.config))
+    )
+    # written before the version field existed: read as version 1
+    del data["run_record_version"]
+    (folder / "run.json").write_text(json.dumps(data))
+    assert read_run_record(folder) is not None
+    for broken in (
+        {**data, "run_record_version": RUN_RECORD_VERSION + 1},  # newer layout
+        {k: v for k, v in data.items() if k != "tiling"},  # missing section
+        {**data, "model": {**data["model"], "tumor_class": "one"}},  # wrong type
+        [],
+    ):
+        (folder / "run.json").write_text(json.dumps(broken))
+        assert read_run_record(folder) is None, broken
+        if isinstance(broken, dict):
+            with pytest.raises(RunRecordError):
+                RunRecord.from_dict(broken)
+    (folder / "run.json").write_text(json.dumps(data))
+    (folder / "tiles.csv").unlink()  # a listed output is missing: not complete
+    assert read_run_record(folder) is None
 
 
 # ----------------------------------------------------------------------------- real worker

@@ -2,22 +2,5 @@
 
 from __future__ import annotations
 
-from wsi_saliency.batch.dask import (
-    PLUGIN_NAME,
-    ModelCache,
-    ModelRef,
-    connect,
-    gpu_for_worker,
-    require_distributed,
-    run_batch_on_cluster,
-)
-
-__all__ = [
-    "PLUGIN_NAME",
-    "ModelCache",
-    "ModelRef",
-    "connect",
-    "gpu_for_worker",
-    "require_distributed",
-    "run_batch_on_cluster",
-]
+from wsi_saliency.batch.dask import *  # noqa: F403 - the same public names
+from wsi_saliency.batch.dask import __all__ as __all__

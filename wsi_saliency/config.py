@@ -44,7 +44,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import yaml
 
@@ -99,8 +99,18 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
 )
 
 
+class _Section:
+    """A configuration section: checks every value when it is made (``__post_init__``)."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        """Coerce and check every field (raises :class:`ConfigError` naming the key)."""
+        _validate_section(self, self.SECTION)
+
+
 @dataclass(frozen=True)
-class SlideConfig:
+class SlideConfig(_Section):
     """How slides are opened.
 
     Parameters
@@ -114,17 +124,14 @@ class SlideConfig:
         slide; ``{stem}`` and ``{name}`` are replaced (default ``"{stem}.mpp.json"``).
     """
 
+    SECTION: ClassVar[str] = "slide"
     backend: Backend = "auto"
     mpp: float | None = None
     mpp_sidecar: str = "{stem}.mpp.json"
 
-    def __post_init__(self) -> None:
-        """Check every value (raises :class:`ConfigError` naming the key)."""
-        _validate_section(self, "slide")
-
 
 @dataclass(frozen=True)
-class TissueConfig:
+class TissueConfig(_Section):
     """Tissue detection.
 
     Parameters
@@ -142,33 +149,27 @@ class TissueConfig:
         (level-0 polygons). ``{stem}`` / ``{name}`` are replaced per slide.
     """
 
+    SECTION: ClassVar[str] = "tissue"
     method: TissueMethod = "otsu"
     threshold: float | None = None
     spacing: float = 8.0
     min_object_um2: float = 20000.0
     roi: str | None = None
 
-    def __post_init__(self) -> None:
-        """Check every value (raises :class:`ConfigError` naming the key)."""
-        _validate_section(self, "tissue")
-
 
 @dataclass(frozen=True)
-class TilingConfig:
+class TilingConfig(_Section):
     """Tile grid. ``None`` means: take it from the model's config.json."""
 
+    SECTION: ClassVar[str] = "tiling"
     tile_size: int | None = None
     spacing: float | None = None
     overlap: float = 0.0
     min_tissue: float = 0.25
 
-    def __post_init__(self) -> None:
-        """Check every value (raises :class:`ConfigError` naming the key)."""
-        _validate_section(self, "tiling")
-
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """Model and saliency method.
 
     Parameters
@@ -192,6 +193,7 @@ class ModelConfig:
         folder from elsewhere must not be able to run code just by being loaded.
     """
 
+    SECTION: ClassVar[str] = "model"
     path: str | None = None
     layer: str | None = None
     method: Method = "gradient-x-activation"
@@ -199,13 +201,9 @@ class ModelConfig:
     target: str | int | None = None
     trust_code: bool = False
 
-    def __post_init__(self) -> None:
-        """Check every value (raises :class:`ConfigError` naming the key)."""
-        _validate_section(self, "model")
-
 
 @dataclass(frozen=True)
-class InferenceConfig:
+class InferenceConfig(_Section):
     """Where and how fast the model runs.
 
     Parameters
@@ -222,22 +220,19 @@ class InferenceConfig:
         ``None`` runs the slides one after another in this process. A Dask scheduler
         address (``tcp://host:8786``) runs each slide as a task on that cluster;
         ``local:N`` starts a local cluster of N worker processes (see
-        :mod:`wsi_saliency.cluster`). Not part of :func:`config_hash`.
+        :mod:`wsi_saliency.batch.dask`). Not part of :func:`config_hash`.
     """
 
+    SECTION: ClassVar[str] = "inference"
     device: str = "auto"
     batch_size: int = 32
     workers: int = 2
     autocast: bool = False
     scheduler: str | None = None
 
-    def __post_init__(self) -> None:
-        """Check every value (raises :class:`ConfigError` naming the key)."""
-        _validate_section(self, "inference")
-
 
 @dataclass(frozen=True)
-class OutputConfig:
+class OutputConfig(_Section):
     """What is written and how it is displayed.
 
     Parameters
@@ -251,13 +246,10 @@ class OutputConfig:
         How overlapping tiles are merged: ``"uniform"`` or ``"hann"``.
     """
 
+    SECTION: ClassVar[str] = "output"
     threshold: float = 0.5
     saliency_range: tuple[float, float] | None = None
     blend: Blend = "uniform"
-
-    def __post_init__(self) -> None:
-        """Check every value (raises :class:`ConfigError` naming the key)."""
-        _validate_section(self, "output")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from wsi_saliency.models import LoadedModel
 from wsi_saliency.plan import plan_slide
 from wsi_saliency.prefetch import iter_tile_batches
 from wsi_saliency.readers import SlideReader, open_slide
+from wsi_saliency.run_record import ModelRecord, RunRecord, TilingRecord
 from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.saliency.engine import resolve_device
 from wsi_saliency.stitch import Stitcher, check_tile_geometry
@@ -38,11 +39,9 @@ from wsi_saliency.tiling import read_tiles
 from wsi_saliency.tissue import save_tissue_png, thumbnail_at_spacing
 from wsi_saliency.types import BatchResult, Mpp, SlideInfo, TileGrid
 from wsi_saliency.writers import (
-    RUN_JSON_FILENAME,
     collect_hardware,
     collect_versions,
     write_heatmap_outputs,
-    write_run_json,
 )
 from wsi_saliency.writers.run_meta import to_jsonable
 
@@ -303,26 +302,26 @@ def run_slide(
     timings = watch.total()
     tiles_per_s = n_done / watch.timings["inference"] if watch.timings["inference"] > 0 else 0.0
     fingerprint = model_fingerprint(model.spec)
-    payload: dict[str, Any] = {
-        "wsi_saliency_version": __version__,
-        "status": "done",
-        "config_hash": config_hash(config, fingerprint),
-        "inputs": slide_fingerprint(
+    record = RunRecord(
+        wsi_saliency_version=__version__,
+        status="done",
+        config_hash=config_hash(config, fingerprint),
+        inputs=slide_fingerprint(
             slide_path, mpp_sidecar=config.slide.mpp_sidecar, roi=config.tissue.roi
         ),
-        "config": to_jsonable(config),
-        "model": {
-            "name": model.spec.name,
-            "architecture": model.spec.architecture,
-            "weights_file": model.spec.weights_file,
-            "weights_sha256": model.spec.weights_sha256,
-            "fingerprint": fingerprint,
-            "class_names": list(model.spec.class_names),
-            "tumor_class": model.spec.tumor_class,
-            "patch_size": model.spec.patch_size,
-            "spacing_um_px": model.spec.spacing,
-        },
-        "saliency": {
+        config=to_jsonable(config),
+        model=ModelRecord(
+            name=model.spec.name,
+            architecture=model.spec.architecture,
+            weights_file=model.spec.weights_file,
+            weights_sha256=model.spec.weights_sha256,
+            fingerprint=fingerprint,
+            class_names=tuple(model.spec.class_names),
+            tumor_class=model.spec.tumor_class,
+            patch_size=model.spec.patch_size,
+            spacing_um_px=model.spec.spacing,
+        ),
+        saliency={
             "layer": engine.layer,
             "method": engine.method,
             "smoothing": engine.smoothing,
@@ -330,41 +329,41 @@ def run_slide(
             "map_shape": list(engine.map_shape),
             "display_scaling": scaling.as_dict(),
         },
-        "slide": _slide_facts(info, plan.mpp),
-        "tissue": {
+        slide=_slide_facts(info, plan.mpp),
+        tissue={
             "method": mask.method,
             "threshold": mask.threshold,
             "thumbnail_spacing_um": mask.spacing,
         },
-        "tiling": {
-            "tile_size": grid.tile_size,
-            "spacing_um_px": grid.spacing,
-            "overlap": grid.overlap,
-            "stride": grid.stride,
-            "min_tissue": config.tiling.min_tissue,
-            "read_level": grid.level,
-            "read_downsample": grid.level_downsample,
-            "grid_shape": list(grid.grid_shape),
-            "n_tiles": len(grid),
-        },
-        "heatmap": {
+        tiling=TilingRecord(
+            tile_size=grid.tile_size,
+            spacing_um_px=grid.spacing,
+            overlap=grid.overlap,
+            stride=grid.stride,
+            min_tissue=config.tiling.min_tissue,
+            read_level=grid.level,
+            read_downsample=grid.level_downsample,
+            grid_shape=grid.grid_shape,
+            n_tiles=len(grid),
+        ),
+        heatmap={
             "pixel_size_um": heatmaps.pixel_size_um,
             "shape": list(heatmaps.shape),
             "channels": list(heatmaps.channel_names),
             "blend": heatmaps.blend,
             "coverage": heatmaps.coverage,
         },
-        "device": str(device),
-        "inference": {
+        device=str(device),
+        inference={
             "batch_size": config.inference.batch_size,
             "workers": config.inference.workers,
             "tiles_per_second": round(tiles_per_s, 2),
         },
-        "timings_s": timings,
-        "outputs": sorted(p.name for p in outputs.values()),
-        "versions": collect_versions(),
-        "hardware": collect_hardware(),
-    }
-    outputs["run_json"] = write_run_json(out_dir / RUN_JSON_FILENAME, payload)
+        timings_s=timings,
+        outputs=tuple(sorted(p.name for p in outputs.values())),
+        versions=collect_versions(),
+        hardware=collect_hardware(),
+    )
+    outputs["run_json"] = record.write(out_dir)
     return SlideResult(slide=info, out_dir=out_dir, n_tiles=n_done, timings=timings,
                        outputs=outputs)

@@ -1,6 +1,6 @@
 """Choose a batch runner from the configuration and run it.
 
-Both runners take the same arguments (:class:`BatchRunner`) and give the same outputs,
+Both runners take the same arguments (:data:`BatchRunner`) and give the same outputs,
 resume, failure isolation and summary: :func:`~wsi_saliency.batch.local.run_local_batch`
 runs the slides one after another in this process, and
 :func:`~wsi_saliency.batch.dask.run_batch_on_cluster` runs each slide as a task on a Dask
@@ -10,8 +10,8 @@ cluster. ``config.inference.scheduler`` decides (:func:`select_runner`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from wsi_saliency.batch.local import run_local_batch
 from wsi_saliency.batch.slide import RunSlideFn
@@ -24,23 +24,9 @@ if TYPE_CHECKING:
 __all__ = ["BatchRunner", "run_batch", "select_runner"]
 
 
-class BatchRunner(Protocol):
-    """What a batch runner is called with (both runners have this signature)."""
-
-    def __call__(
-        self,
-        slides: Sequence[str | os.PathLike[str]],
-        out_dir: str | os.PathLike[str],
-        config: RunConfig,
-        model: LoadedModel,
-        *,
-        run_slide: RunSlideFn | None = None,
-        overwrite: bool = False,
-        names: Sequence[str] | None = None,
-        reporter: BatchReporter | None = None,
-    ) -> BatchSummary:
-        """Run the batch; see :func:`~wsi_saliency.batch.local.run_local_batch`."""
-        ...
+BatchRunner = Callable[..., BatchSummary]
+"""A runner: called as :func:`~wsi_saliency.batch.local.run_local_batch` is (both have
+its signature)."""
 
 
 def select_runner(config: RunConfig) -> BatchRunner:

@@ -17,7 +17,7 @@ from typing import Any
 
 from wsi_saliency.batch.discover import assign_output_names
 from wsi_saliency.batch.outdir import clean_stale_temp, prepare_output_dir
-from wsi_saliency.batch.resume import recorded_n_tiles, up_to_date
+from wsi_saliency.batch.resume import up_to_date
 from wsi_saliency.batch.slide import SlideJob, SlideOutcome
 from wsi_saliency.batch.summary import (
     BatchReporter,
@@ -171,7 +171,7 @@ def skip_if_complete(state: BatchState, i: int, *, overwrite: bool) -> bool:
     )
     if skip and run is not None:
         record.status, record.output = "skipped", str(final)
-        record.n_tiles = recorded_n_tiles(run)
+        record.n_tiles = run.n_tiles
         logger.info(
             "%s: skipped (complete for this configuration)",
             state.tag(i),
