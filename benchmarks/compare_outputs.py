@@ -3,8 +3,10 @@
 Every file must be byte-identical except:
 
 * ``run.json`` / ``batch-summary.json``: compared as JSON after dropping what changes
-  from run to run (timings, timestamps, package versions, tiles per second) and after
-  replacing each folder's own path by ``OUT``;
+  from run to run (timings, timestamps, package versions, tiles per second) and the
+  version fields (``wsi_saliency_version``, ``run_record_version``: the record's layout
+  version, added with the typed run record), and after replacing each folder's own path
+  by ``OUT``;
 * ``*.ome.tif``: compared level by level as arrays, plus the OME-XML with its random
   ``UUID`` removed.
 
@@ -24,7 +26,16 @@ from typing import Any
 import numpy as np
 import tifffile
 
-VOLATILE = {"timings_s", "timings", "started", "finished", "versions", "tiles_per_second"}
+VOLATILE = {
+    "timings_s",
+    "timings",
+    "started",
+    "finished",
+    "versions",
+    "tiles_per_second",
+    "wsi_saliency_version",
+    "run_record_version",
+}
 
 
 def _scrub(obj: Any, root: str) -> Any:
@@ -32,7 +43,7 @@ def _scrub(obj: Any, root: str) -> Any:
         return {
             k: _scrub(v, root)
             for k, v in obj.items()
-            if k not in VOLATILE and not (k == "wsi_saliency_version")
+            if k not in VOLATILE
         }
     if isinstance(obj, list):
         return [_scrub(v, root) for v in obj]
@@ -77,7 +88,7 @@ def main() -> int:
             how = "byte-identical"
         elif rel.suffix == ".json":
             ok = _same_json(a, b, ra, rb)
-            how = "same JSON apart from timings/versions/paths" if ok else "DIFFERENT JSON"
+            how = "same JSON apart from timings/version fields/paths" if ok else "DIFFERENT JSON"
             bad += not ok
         elif rel.name.endswith(".ome.tif"):
             ok = _same_tiff(a, b)

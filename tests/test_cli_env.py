@@ -65,3 +65,17 @@ def test_quiet_silences_dask_info_logs_here_and_in_workers(
     finally:
         monkeypatch.delenv("DASK_LOGGING__DISTRIBUTED")
         dask.config.refresh()
+
+
+def test_the_command_line_starts_without_the_heavy_libraries() -> None:
+    """``wsi-saliency --help`` imports neither torch nor the output stack (zarr, dask,
+    matplotlib, distributed): the configuration takes its choices from light modules."""
+    probe = (
+        "import sys, wsi_saliency.cli; "
+        "print(sorted(m for m in ('torch', 'zarr', 'dask', 'matplotlib', 'distributed') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -23,9 +23,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from wsi_saliency.writers.run_meta import FILENAME, to_jsonable, write_run_json
-
 __all__ = [
+    "RUN_JSON",
     "RUN_RECORD_VERSION",
     "ModelRecord",
     "RunRecord",
@@ -34,6 +33,10 @@ __all__ = [
     "read_run_record",
 ]
 
+#: File name of the record in a slide's output folder (as
+#: :data:`wsi_saliency.writers.run_meta.FILENAME`, which is not imported here: the writers
+#: package pulls in zarr, dask and matplotlib, which reading a record does not need).
+RUN_JSON = "run.json"
 #: Version of the ``run.json`` layout written by this code.
 RUN_RECORD_VERSION = 1
 _VERSION_KEY = "run_record_version"
@@ -125,11 +128,15 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able form written to ``run.json``."""
+        from wsi_saliency.writers.run_meta import to_jsonable
+
         out: dict[str, Any] = to_jsonable(self)
         return out
 
     def write(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``folder/run.json`` atomically; return its path."""
+        from wsi_saliency.writers.run_meta import FILENAME, write_run_json
+
         return write_run_json(Path(folder) / FILENAME, self.to_dict())
 
     @classmethod
@@ -202,7 +209,7 @@ def read_run_record(folder: str | os.PathLike[str]) -> RunRecord | None:
         None when ``run.json`` is missing, unreadable or not a record this code reads,
         or when a file it lists under ``outputs`` is missing.
     """
-    path = Path(folder) / FILENAME
+    path = Path(folder) / RUN_JSON
     try:
         record = RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError):

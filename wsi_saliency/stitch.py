@@ -53,14 +53,16 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
-import zarr
 
 from wsi_saliency.errors import ConfigError, OutputError, StitchError
 from wsi_saliency.types import BatchResult, TileGrid
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = [
     "BLENDS",
@@ -394,6 +396,8 @@ class Stitcher:
                 f"stitch store {self._store} already exists and is not empty: "
                 "give a fresh folder (e.g. a temporary directory)"
             )
+        import zarr  # here, not at module level: the configuration imports Blend from here
+
         self._group = zarr.open_group(str(self._store), mode="w")
         h, w = self._shape
         cs = self._chunk
