@@ -81,7 +81,8 @@ def prepared_module(module: torch.nn.Module, device: torch.device) -> torch.nn.M
         A deep copy (TorchScript modules included) with every parameter's
         ``requires_grad`` off.
     """
-    view = copy.deepcopy(module)
+    with torch.no_grad():  # copies of parameters are new leaves (TorchScript clones them)
+        view = copy.deepcopy(module)
     view.eval()
     for p in view.parameters():
         p.requires_grad_(False)
