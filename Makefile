@@ -1,5 +1,6 @@
-# Two entry points for a fresh clone: `make demo` and `make test`.
-# Both create ./.venv on first use and install everything they need into it.
+# Entry points for a fresh clone: `make demo`, `make test-all` (the full suite, what CI runs)
+# and `make test` (the fast suite: the `slow` end-to-end tests deselected).
+# Each creates ./.venv on first use and installs everything it needs into it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell echo $(TORCH_SPEC) | tr -c 'a-zA-Z0-9.\n' '_
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-all lint venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,9 +28,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check wsi_saliency tests benchmarks
 	$(VENV)/bin/mypy
 
-test: $(STAMP)
-	$(VENV)/bin/ruff check wsi_saliency tests benchmarks
-	$(VENV)/bin/mypy
+# the fast suite: everything but the tests marked slow
+test: lint
+	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+# the full suite: every test (CI: .ci/run)
+test-all: lint
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 clean:

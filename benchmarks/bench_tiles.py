@@ -25,10 +25,12 @@ from wsi_saliency import synthetic
 _CHILD = """
 import sys, time, json
 t0 = time.perf_counter()
-from wsi_saliency.cli.tiles import tile_slide
+from wsi_saliency.config import build_config
+from wsi_saliency.preview import tile_slide
 from pathlib import Path
 t1 = time.perf_counter()
-n, folder = tile_slide(Path(sys.argv[1]), Path(sys.argv[2]))
+config = build_config(None, {"tiling.tile_size": 224, "tiling.spacing": 0.5})
+n, folder = tile_slide(Path(sys.argv[1]), Path(sys.argv[2]), config)
 t2 = time.perf_counter()
 hwm = None
 try:  # peak RSS of this process image (per exec, unlike ru_maxrss which spans the fork)

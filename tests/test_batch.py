@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from wsi_saliency import batch as batch_mod
 from wsi_saliency.batch import (
     EXIT_FAILED,
     EXIT_OK,
@@ -28,6 +27,7 @@ from wsi_saliency.batch import (
     clean_stale_temp,
     completed_run,
     discover_slides,
+    outdir,
     prepare_output_dir,
     run_batch,
     run_matches,
@@ -42,6 +42,14 @@ from wsi_saliency.config import (
 )
 from wsi_saliency.errors import InputError, OutputError, SlideOpenError
 from wsi_saliency.inputs import model_fingerprint, slide_fingerprint
+from wsi_saliency.run_record import (
+    RUN_RECORD_VERSION,
+    ModelRecord,
+    RunRecord,
+    RunRecordError,
+    TilingRecord,
+    read_run_record,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +71,40 @@ class FakeSpec:
 @dataclass(frozen=True)
 class FakeModel:
     spec: FakeSpec = field(default_factory=FakeSpec)
+
+
+def fake_record(path: Path, model: FakeModel, config: RunConfig) -> RunRecord:
+    """The run record a real worker would write, with the fake's 3 tiles and tiles.csv."""
+    fingerprint = model_fingerprint(model.spec)
+    return RunRecord(
+        wsi_saliency_version="test",
+        config_hash=config_hash(config, fingerprint),
+        inputs=slide_fingerprint(path, mpp_sidecar=config.slide.mpp_sidecar, roi=config.tissue.roi),
+        config=config_to_dict(config),
+        model=ModelRecord(
+            name=model.spec.name,
+            architecture="fake",
+            weights_file="model.safetensors",
+            weights_sha256=model.spec.weights_sha256,
+            fingerprint=fingerprint,
+            class_names=("normal", "tumor"),
+            tumor_class=model.spec.tumor_class,
+            patch_size=model.spec.patch_size,
+            spacing_um_px=model.spec.spacing,
+        ),
+        tiling=TilingRecord(
+            tile_size=model.spec.patch_size,
+            spacing_um_px=model.spec.spacing,
+            overlap=0.0,
+            stride=model.spec.patch_size,
+            min_tissue=0.25,
+            read_level=0,
+            read_downsample=1.0,
+            grid_shape=(1, 3),
+            n_tiles=3,
+        ),
+        outputs=("tiles.csv",),
+    )
 
 
 @dataclass
@@ -106,20 +148,7 @@ class FakeWorker:
             f"slide,layer,method\n{data[:16].decode('ascii', 'replace')},{config.model.layer},{config.model.method}\n"
         )
         if not data.startswith(b"NORUN"):
-            run = {
-                "config_hash": config_hash(config, model_fingerprint(model.spec)),
-                "model": {
-                    "weights_sha256": model.spec.weights_sha256,
-                    "fingerprint": model_fingerprint(model.spec),
-                },
-                "inputs": slide_fingerprint(
-                    path, mpp_sidecar=config.slide.mpp_sidecar, roi=config.tissue.roi
-                ),
-                "config": config_to_dict(config),
-                "n_tiles": 3,
-                "outputs": {"tiles_csv": "tiles.csv"},
-            }
-            (out_dir / "run.json").write_text(json.dumps(run))
+            fake_record(path, model, config).write(out_dir)
         return SimpleNamespace(n_tiles=3, timings={"read": 0.01, "model": 0.02}, outputs={})
 
 
@@ -486,12 +515,12 @@ def test_temporary_entries_of_other_hosts_are_left_until_old(tmp_path: Path) -> 
     out = tmp_path / "out"
     out.mkdir()
     dead = 2**22 + 12345
-    ours = out / f".tmp-a-{dead}@{batch_mod._host()}"
+    ours = out / f".tmp-a-{dead}@{outdir.host_name()}"
     remote = out / f".tmp-b-{dead}@another-node"
     old_remote = out / f".trash-c-{dead}@another-node"
     for p in (ours, remote, old_remote):
         p.mkdir()
-    age = batch_mod.FOREIGN_TEMP_MAX_AGE_S + 60
+    age = outdir.FOREIGN_TEMP_MAX_AGE_S + 60
     os.utime(old_remote, (time.time() - age, time.time() - age))
     assert sorted(clean_stale_temp(out)) == sorted([ours, old_remote])
     assert remote.exists()  # a Dask worker on another host may still be writing it
@@ -648,7 +677,7 @@ def test_sigkill_mid_slide_leaves_no_finished_looking_folder(tmp_path: Path) -> 
     # a is finished, b is only a temporary folder, c not started
     assert completed_run(out / "a") is not None
     assert not (out / "b").exists() and not (out / "c").exists()
-    assert leftovers(out) == [f".tmp-b-{proc.pid}@{batch_mod._host()}"]
+    assert leftovers(out) == [f".tmp-b-{proc.pid}@{outdir.host_name()}"]
     assert [e["status"] for e in summary_of(out)["slides"]] == ["done", "pending", "pending"]
     # re-run: stale temp removed, a not recomputed, b and c done
     worker = FakeWorker()
@@ -668,34 +697,57 @@ def test_resume_accepts_a_run_json_hashed_by_another_implementation(tmp_path: Pa
     expected = run["config_hash"]
     run["config_hash"] = "0" * 64
     run_json.write_text(json.dumps(run))
-    assert run_matches(run, expected, "a" * 64, model_fingerprint(FakeModel().spec))
-    assert not run_matches(run, expected, "b" * 64)
+    record = RunRecord.from_dict(run)
+    assert run_matches(record, expected, "a" * 64, model_fingerprint(FakeModel().spec))
+    assert not run_matches(record, expected, "b" * 64)
     worker = FakeWorker()
     run_batch(slides, out, RunConfig(), FakeModel(), run_slide=worker)
     assert worker.calls == []
     # recorded config differs (method): redone
     run["config"]["model"]["method"] = "grad-cam"
     run_json.write_text(json.dumps(run))
-    assert not run_matches(run, expected, "a" * 64)
+    assert not run_matches(RunRecord.from_dict(run), expected, "a" * 64)
     run_batch(slides, out, RunConfig(), FakeModel(), run_slide=worker)
     assert worker.calls == ["a.svs"]
     # unparseable recorded config: redone, not a crash
-    bad = {"config_hash": "x", "model": {"weights_sha256": "a" * 64}, "config": {"bogus": 1}}
+    bad = dataclasses.replace(record, config_hash="x", config={"bogus": 1})
     assert not run_matches(bad, expected, "a" * 64)
 
 
+def test_run_record_round_trip_and_refusals(tmp_path: Path) -> None:
+    """run.json is a typed, versioned record: written, read back equal; bad files refused."""
+    slide = make_slides(tmp_path, {"a.svs": b"A"})[0]
+    record = fake_record(slide, FakeModel(), RunConfig())
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "tiles.csv").write_text("x\n")
+    record.write(folder)
+    data = json.loads((folder / "run.json").read_text())
+    assert data["run_record_version"] == RUN_RECORD_VERSION
+    assert read_run_record(folder) == dataclasses.replace(
+        record, config=json.loads(json.dumps(record.config))
+    )
+    # written before the version field existed: read as version 1
+    del data["run_record_version"]
+    (folder / "run.json").write_text(json.dumps(data))
+    assert read_run_record(folder) is not None
+    for broken in (
+        {**data, "run_record_version": RUN_RECORD_VERSION + 1},  # newer layout
+        {k: v for k, v in data.items() if k != "tiling"},  # missing section
+        {**data, "model": {**data["model"], "tumor_class": "one"}},  # wrong type
+        [],
+    ):
+        (folder / "run.json").write_text(json.dumps(broken))
+        assert read_run_record(folder) is None, broken
+        if isinstance(broken, dict):
+            with pytest.raises(RunRecordError):
+                RunRecord.from_dict(broken)
+    (folder / "run.json").write_text(json.dumps(data))
+    (folder / "tiles.csv").unlink()  # a listed output is missing: not complete
+    assert read_run_record(folder) is None
+
+
 # ----------------------------------------------------------------------------- real worker
-
-
-def require_pipeline() -> None:
-    """Skip unless the real per-slide worker and the bundled demo model are there."""
-    try:
-        import wsi_saliency.worker  # noqa: F401
-        from wsi_saliency.models import load_model
-
-        load_model(None)
-    except Exception as exc:  # noqa: BLE001 - any reason the pipeline is not there yet
-        pytest.skip(f"per-slide worker or demo model not available: {exc}")
 
 
 def make_small_slides(root: Path, n: int) -> list[Path]:
@@ -722,7 +774,6 @@ def make_small_slides(root: Path, n: int) -> list[Path]:
 @pytest.mark.slow
 def test_e2e_changing_layer_or_method_reruns_affected_slides_only(tmp_path: Path) -> None:
     """With the real worker: a config change re-runs exactly the slides it affects."""
-    require_pipeline()
     from wsi_saliency.config import load_config
     from wsi_saliency.models import load_model
 
@@ -828,8 +879,6 @@ def test_symlink_cycles_and_duplicate_links_are_found_once(tmp_path: Path) -> No
 def test_commit_puts_the_older_result_back_when_the_new_one_cannot_move_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from wsi_saliency import batch as batch_mod
-
     final = tmp_path / "a"
     final.mkdir()
     (final / "run.json").write_text("{}")
@@ -842,9 +891,9 @@ def test_commit_puts_the_older_result_back_when_the_new_one_cannot_move_in(
             raise KeyboardInterrupt  # e.g. Ctrl-C between the two renames
         real_rename(src, dst)
 
-    monkeypatch.setattr(batch_mod.os, "rename", rename)
+    monkeypatch.setattr(outdir.os, "rename", rename)
     with pytest.raises(KeyboardInterrupt):
-        batch_mod._commit(work, final, "a")
+        outdir.commit_folder(work, final)
     assert (final / "run.json").is_file()
     assert not any(p.name.startswith(".trash-") for p in tmp_path.iterdir())
 

@@ -28,7 +28,6 @@ from test_batch import (  # isort: skip
     FakeWorker,
     make_slides,
     make_small_slides,
-    require_pipeline,
 )
 
 
@@ -42,11 +41,11 @@ def worker(monkeypatch: pytest.MonkeyPatch) -> FakeWorker:
         return fake(path, model, config, out_dir, **kw)
 
     fake.configs = seen  # type: ignore[attr-defined]
-    monkeypatch.setattr("wsi_saliency.batch._default_run_slide", lambda: wrapped)
-    monkeypatch.setattr("wsi_saliency.cli.run._load_model", lambda path, **kw: FakeModel())
+    monkeypatch.setattr("wsi_saliency.batch.slide.default_run_slide", lambda: wrapped)
+    monkeypatch.setattr("wsi_saliency.batch.prepare.load_batch_model", lambda config: FakeModel())
     # the fake model has no network for the pre-flight check (tested with the real model
     # in test_bad_model_dependent_values_are_usage_errors_before_any_work)
-    monkeypatch.setattr("wsi_saliency.cli.run._check_run", lambda *a, **kw: None)
+    monkeypatch.setattr("wsi_saliency.batch.prepare.check_batch", lambda *a, **kw: None)
     return fake
 
 
@@ -148,10 +147,12 @@ def test_usage_errors_exit_2_before_any_work(
 def test_model_that_cannot_load_is_a_usage_error(
     tmp_path: Path, worker: FakeWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def bad(path: str | None, **kw: Any) -> Any:
-        raise InvalidModelError(f"model folder {path} has no config.json; check --model")
+    def bad(config: RunConfig) -> Any:
+        raise InvalidModelError(
+            f"model folder {config.model.path} has no config.json; check --model"
+        )
 
-    monkeypatch.setattr("wsi_saliency.cli.run._load_model", bad)
+    monkeypatch.setattr("wsi_saliency.batch.prepare.load_batch_model", bad)
     make_slides(tmp_path / "in", {"a.svs": b"A"})
     res = invoke("run", tmp_path / "in", "--out", tmp_path / "out", "--model", tmp_path / "m")
     assert res.exit_code == 2
@@ -388,7 +389,6 @@ def assert_same_outputs(a: Path, b: Path) -> None:
 @pytest.mark.slow
 def test_e2e_real_slides_folder(tmp_path: Path, cmu_slide: Path, tcga_slide: Path) -> None:
     """Two real slides (TCGA given its MPP by a sidecar), a corrupt file, a text file named .svs."""
-    require_pipeline()
     src = tmp_path / "in"
     src.mkdir()
     (src / cmu_slide.name).symlink_to(cmu_slide)
@@ -432,7 +432,6 @@ def test_e2e_real_slides_folder(tmp_path: Path, cmu_slide: Path, tcga_slide: Pat
 def test_e2e_sigkill_at_several_points_then_resume(
     tmp_path: Path, small_slides: list[Path]
 ) -> None:
-    require_pipeline()
     names = [p.stem for p in small_slides]
     ref = tmp_path / "ref"
     res = invoke("run", *small_slides, "--out", ref, "--device", "cpu", "--quiet")
@@ -506,7 +505,6 @@ def test_e2e_demo_writes_every_output_without_network(
 ) -> None:
     import socket
 
-    require_pipeline()
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise OSError("network access attempted")

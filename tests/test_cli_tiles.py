@@ -14,7 +14,7 @@ from PIL import Image
 
 from wsi_saliency import synthetic
 from wsi_saliency.cli import cli
-from wsi_saliency.cli.tiles import tile_slide
+from wsi_saliency.config import RunConfig, build_config
 from wsi_saliency.errors import (
     NoTissueError,
     SlideOpenError,
@@ -22,6 +22,15 @@ from wsi_saliency.errors import (
     UnsupportedPixelTypeError,
 )
 from wsi_saliency.models import demo_model_dir
+from wsi_saliency.preview import tile_slide
+
+
+def preview_config(tile_size: int = 224, spacing: float = 0.5) -> RunConfig:
+    """The configuration ``tiles`` builds with the demo model's tile size and spacing."""
+    return build_config(None, {"tiling.tile_size": tile_size, "tiling.spacing": spacing})
+
+
+DEMO_TILES = preview_config()
 
 
 def _run(*args: str) -> tuple[int, str, str]:
@@ -168,7 +177,7 @@ def test_bad_input_specific_error_and_no_output(
     path, err = bad_inputs[case]
     out = tmp_path / "out"
     with pytest.raises(err) as ei:
-        tile_slide(path, out)
+        tile_slide(path, out, DEMO_TILES)
     assert path.name in str(ei.value)
     assert not out.exists()
 
@@ -247,11 +256,11 @@ def test_tiny_white_slide_is_too_small_not_tissueless(
     """The size check comes before tissue detection (a blank 96 px slide has no tissue)."""
     blank = slide_factory(synthetic.SyntheticSlide(width=96, height=80, mpp=0.5), kind="tiff")
     with pytest.raises(SlideTooSmallError) as ei:
-        tile_slide(blank, tmp_path / "out")
+        tile_slide(blank, tmp_path / "out", DEMO_TILES)
     assert "48x40 um" in str(ei.value) and "112x112 um" in str(ei.value)
     # small enough tiles: now the missing tissue is what is reported
     with pytest.raises(NoTissueError, match=r"tissue\.method=fixed"):
-        tile_slide(blank, tmp_path / "out", tile_size=32)
+        tile_slide(blank, tmp_path / "out", preview_config(tile_size=32))
     assert not (tmp_path / "out").exists()
 
 
@@ -267,7 +276,7 @@ def test_small_svs_reported_as_too_small(test_data_dir: Path, tmp_path: Path) ->
     assert "7.984x7.984 um" in line and "--tile-size" in line
     assert "no tissue" not in line
     with pytest.raises(SlideTooSmallError):
-        tile_slide(small, out)
+        tile_slide(small, out, DEMO_TILES)
 
 
 def test_implausible_mpp_refused_by_tiles(rect_svs: Path, tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ from wsi_saliency.models import LoadedModel, load_model
 from _colour_model import write_colour_model  # isort: skip
 
 distributed = pytest.importorskip("distributed")
-cluster_mod = pytest.importorskip("wsi_saliency.cluster")
+from wsi_saliency.batch import dask as cluster_mod  # noqa: E402 - after the distributed check
 
 SLIDES = {
     name: synthetic.SyntheticSlide(

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from wsi_saliency import synthetic
 from wsi_saliency.cli import cli
 from wsi_saliency.config import build_config
-from wsi_saliency.errors import ConfigError, StitchError
+from wsi_saliency.errors import ConfigError, StitchError, WsiSaliencyWarning
 from wsi_saliency.models import demo_model_dir, load_model
 from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.saliency import precision as prec
@@ -101,13 +101,13 @@ def test_precision_config_key_and_deprecated_autocast() -> None:
     assert build_config({"inference": {"precision": "bf16"}}).inference.precision == "bf16"
     with pytest.raises(ConfigError, match=r"x.yaml: inference.precision: unknown value 'bf32'"):
         build_config({"inference": {"precision": "bf32"}}, source="x.yaml")
-    with pytest.warns(FutureWarning, match="autocast is replaced by inference.precision"):
+    with pytest.warns(WsiSaliencyWarning, match="autocast is replaced by inference.precision"):
         cfg = build_config({"inference": {"autocast": True}}, source="old.yaml")
     assert cfg.inference.precision == "auto"
-    with pytest.warns(FutureWarning, match="--precision fp32"):
+    with pytest.warns(WsiSaliencyWarning, match="--precision fp32"):
         cfg = build_config(None, {"inference.autocast": False})
     assert cfg.inference.precision == "fp32"
-    with pytest.warns(FutureWarning):  # an explicit precision wins over the old key
+    with pytest.warns(WsiSaliencyWarning):  # an explicit precision wins over the old key
         cfg = build_config({"inference": {"autocast": False, "precision": "bf16"}})
     assert cfg.inference.precision == "bf16"
     with pytest.raises(ConfigError, match="autocast = 'yes' must be true or false"):

@@ -147,7 +147,7 @@ def test_all_methods_and_smoothings_run(demo: LoadedModel, demo_tiles: tuple) ->
                 assert (maps >= 0).all()
             if smoothing != "forward-hook":
                 np.testing.assert_allclose(probs, plain, rtol=1e-4, atol=1e-6)
-            assert _no_hooks(demo.module)
+            assert _no_hooks(eng.module) and _no_hooks(demo.module)
     # forward-hook smoothing changes the network, hence the predictions
     fwd = SaliencyEngine(demo, smoothing="forward-hook").predict(tiles[:2])
     assert not np.allclose(fwd, plain, atol=1e-6)
@@ -322,16 +322,16 @@ def test_no_hooks_left_after_success_error_and_unknown_layer() -> None:
                                  ig_steps=2)
             _, maps = eng.run(tiles)
             assert maps.shape == (2, 16, 16)
-            assert _no_hooks(net)
-            net.boom.armed = True
+            assert _no_hooks(eng.module)
+            eng.module.boom.armed = True
             try:
                 with pytest.raises(RuntimeError, match="exploded"):
                     eng.run(tiles)
                 with pytest.raises(RuntimeError, match="exploded"):
                     eng.predict(tiles)
             finally:
-                net.boom.armed = False
-            assert _no_hooks(net)
+                eng.module.boom.armed = False
+            assert _no_hooks(eng.module) and _no_hooks(net)
     with pytest.raises(LayerNotFoundError):
         SaliencyEngine(model, layer="bodyy")
     assert _no_hooks(net)
@@ -366,3 +366,24 @@ def test_strided_convs_after_follow_the_gradient_path() -> None:
     assert after["layer2.0.conv1"] == 4  # layer3/4 convs only, not its own downsample
     assert after["layer2.0.downsample.0"] == 4
     assert after["layer2"] == 4 and after["layer3"] == 2 and after["layer4"] == 0
+
+
+def test_engine_leaves_the_callers_model_untouched() -> None:
+    """Training flag, requires_grad and device of the caller's module stay as they were."""
+    torch.manual_seed(0)
+    net = TinyNet().train()
+    model = LoadedModel(spec=_spec(patch_size=32), module=net)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    tiles = np.full((2, 32, 32, 3), 128, np.uint8)
+    for smoothing in ("none", "backward-hook", "forward-hook"):
+        eng = SaliencyEngine(model, layer="body", method="gradient", smoothing=smoothing)
+        eng.run(tiles)
+        eng.predict(tiles)
+        assert eng.module is not net and not eng.module.training
+        assert not any(p.requires_grad for p in eng.module.parameters())
+    assert net.training and all(m.training for m in net.modules())
+    assert all(p.requires_grad for p in net.parameters())
+    assert all(p.device.type == "cpu" for p in net.parameters())
+    assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())
+    assert all(p.grad is None for p in net.parameters())
+    assert _no_hooks(net)

@@ -1,7 +1,34 @@
-"""Run configuration: frozen dataclasses (YAML + command-line merge is added below them).
+"""Run configuration: frozen, self-validating dataclasses; YAML + command-line merge.
 
 Precedence: command line > YAML config (``--config``) > model config.json (tile size
 and spacing) > the defaults written here.
+
+Every choice is defined once, in the module that owns it, as a ``Literal`` type
+(:data:`~wsi_saliency.readers.Backend`, :data:`~wsi_saliency.tissue.TissueMethod`,
+:data:`~wsi_saliency.saliency.choices.Method`,
+:data:`~wsi_saliency.saliency.choices.Smoothing`, :data:`~wsi_saliency.stitch.Blend`);
+the fields below are annotated with it, and validation, error messages and the
+command line's ``click.Choice`` all read the allowed values from that annotation.
+
+Every section validates itself in ``__post_init__``, so a configuration built in
+Python is checked exactly like one read from YAML:
+``RunConfig(tiling=TilingConfig(overlap=5))`` raises :class:`ConfigError`.
+
+How to add a configuration key (and, optionally, a command-line option)
+----------------------------------------------------------------------
+1. Add the field, with its type and default, to its section dataclass below, and
+   describe it in the class docstring. A choice is a ``Literal`` defined in the
+   module that uses it (``Name = Literal["a", "b"]``; ``NAMES = get_args(Name)``),
+   imported here and used as the field's annotation: nothing else is needed for it.
+2. If the value has a range or form, add one rule to :data:`_RULES` (key -> function
+   returning what is wrong, or None).
+3. If it must not change ``config_hash`` (speed or location only), add the key to
+   :data:`HASH_EXCLUDED_KEYS`.
+4. For a command-line option, add one :class:`Option` row to :data:`OPTIONS` (key,
+   flag, help, the commands that get it). The option's type, choices, parsing and the
+   name used in error messages all follow from the field; ``wsi_saliency.cli.options``
+   generates the ``click`` options from this table. Every key is also settable with
+   ``--set section.key=value`` and in the YAML file without an option.
 """
 
 from __future__ import annotations
@@ -15,26 +42,41 @@ import re
 import types
 import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol, get_args
 
 import yaml
 
-from wsi_saliency.errors import ConfigError
+from wsi_saliency.errors import ConfigError, WsiSaliencyWarning
+from wsi_saliency.readers import BACKENDS, Backend
+from wsi_saliency.saliency.choices import (
+    PRECISIONS,
+    RUN_METHODS,
+    SMOOTHING_MODES,
+    Precision,
+    RunMethod,
+    Smoothing,
+)
+from wsi_saliency.stitch import BLENDS, Blend
+from wsi_saliency.tissue import TISSUE_METHODS, TissueMethod
 
 __all__ = [
-    "ModelDefaults",
-    "resolve_model_defaults",
     "BACKENDS",
     "BLENDS",
     "HASH_EXCLUDED_KEYS",
+    "GEOJSON_COMPRESSIONS",
     "METHODS",
+    "OPTIONS",
     "PRECISIONS",
     "SMOOTHINGS",
     "TISSUE_METHODS",
     "ConfigError",
+    "ModelDefaults",
+    "Option",
+    "option_flags",
+    "resolve_model_defaults",
     "InferenceConfig",
     "ModelConfig",
     "OutputConfig",
@@ -52,28 +94,16 @@ __all__ = [
     "validate_device",
 ]
 
-#: Slide reader backends (``slide.backend``).
-BACKENDS: tuple[str, ...] = ("auto", "openslide", "tiffslide", "pyvips")
-#: Tissue detection methods (``tissue.method``).
-TISSUE_METHODS: tuple[str, ...] = ("otsu", "fixed")
-#: Saliency methods (``model.method``).
-METHODS: tuple[str, ...] = (
-    "gradient",
-    "gradient-x-activation",
-    "integrated-gradients",
-    "deeplift",
-    "grad-cam",
-    "none",
-)
-#: Numeric precision of the network (``inference.precision``); see
-#: :mod:`wsi_saliency.saliency.precision` for what ``auto`` picks.
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-#: Smoothing of the strided convolutions (``model.smoothing``).
-SMOOTHINGS: tuple[str, ...] = ("none", "backward-hook", "forward-hook", "bilinear")
-#: Blending of overlapping tiles (``output.blend``).
-BLENDS: tuple[str, ...] = ("uniform", "hann")
-#: GeoJSON compression (``output.geojson_compression``).
-GEOJSON_COMPRESSIONS: tuple[str, ...] = ("none", "gzip")
+#: ``model.method`` values: the saliency methods and ``"none"`` (prediction only); the
+#: same tuple as :data:`wsi_saliency.saliency.choices.RUN_METHODS`.
+METHODS = RUN_METHODS
+#: GeoJSON compression (``output.geojson_compression``): QuPath reads ``.geojson.gz``.
+#: Defined here because the writers take their settings from :class:`OutputConfig`.
+GeojsonCompression = Literal["none", "gzip"]
+GEOJSON_COMPRESSIONS: tuple[GeojsonCompression, ...] = get_args(GeojsonCompression)
+#: Smoothing of the strided convolutions (``model.smoothing``); the same tuple as
+#: :data:`wsi_saliency.saliency.choices.SMOOTHING_MODES`.
+SMOOTHINGS = SMOOTHING_MODES
 #: Keys that do not change a slide's outputs and are left out of :func:`config_hash`:
 #: the model directory's location (its weights are hashed instead) and how fast
 #: tiles are fed (batch size, reader workers) and where slides run (the Dask scheduler).
@@ -86,8 +116,18 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
 )
 
 
+class _Section:
+    """A configuration section: checks every value when it is made (``__post_init__``)."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        """Coerce and check every field (raises :class:`ConfigError` naming the key)."""
+        _validate_section(self, self.SECTION)
+
+
 @dataclass(frozen=True)
-class SlideConfig:
+class SlideConfig(_Section):
     """How slides are opened.
 
     Parameters
@@ -102,13 +142,14 @@ class SlideConfig:
         slide; ``{stem}`` and ``{name}`` are replaced (default ``"{stem}.mpp.json"``).
     """
 
-    backend: str = "auto"
+    SECTION: ClassVar[str] = "slide"
+    backend: Backend = "auto"
     mpp: float | None = None
     mpp_sidecar: str = "{stem}.mpp.json"
 
 
 @dataclass(frozen=True)
-class TissueConfig:
+class TissueConfig(_Section):
     """Tissue detection.
 
     Parameters
@@ -126,7 +167,8 @@ class TissueConfig:
         (level-0 polygons). ``{stem}`` / ``{name}`` are replaced per slide.
     """
 
-    method: str = "otsu"
+    SECTION: ClassVar[str] = "tissue"
+    method: TissueMethod = "otsu"
     threshold: float | None = None
     spacing: float = 8.0
     min_object_um2: float = 20000.0
@@ -134,7 +176,7 @@ class TissueConfig:
 
 
 @dataclass(frozen=True)
-class TilingConfig:
+class TilingConfig(_Section):
     """Tile grid. ``None`` means: take it from the model's config.json.
 
     ``overlap`` ``None`` (the default) is the seam-free overlap of the explained layer's
@@ -142,6 +184,7 @@ class TilingConfig:
     a 14 x 14 map), resolved per run; ``run.json`` records it under ``tiling.overlap``.
     """
 
+    SECTION: ClassVar[str] = "tiling"
     tile_size: int | None = None
     spacing: float | None = None
     overlap: float | None = None
@@ -149,7 +192,7 @@ class TilingConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """Model and saliency method.
 
     Parameters
@@ -165,7 +208,8 @@ class ModelConfig:
         ``deeplift``, ``grad-cam``, or ``none``: prediction only (probabilities, tiles,
         GeoJSON and probability heatmaps, no saliency outputs, no backward pass).
     smoothing
-        ``none``, ``backward-hook`` or ``forward-hook``.
+        ``none``, ``backward-hook`` (default; border-aware), ``forward-hook`` or
+        ``bilinear`` (the model folder's trained surrogates; ``wsi-saliency surrogate``).
     target
         Class explained (name or index); ``None`` is the model's tumour class.
     trust_code
@@ -174,16 +218,17 @@ class ModelConfig:
         folder from elsewhere must not be able to run code just by being loaded.
     """
 
+    SECTION: ClassVar[str] = "model"
     path: str | None = None
     layer: str | None = None
-    method: str = "gradient-x-activation"
-    smoothing: str = "backward-hook"
+    method: RunMethod = "gradient-x-activation"
+    smoothing: Smoothing = "backward-hook"
     target: str | int | None = None
     trust_code: bool = False
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
+class InferenceConfig(_Section):
     """Where and how fast the model runs.
 
     Parameters
@@ -202,18 +247,19 @@ class InferenceConfig:
         ``None`` runs the slides one after another in this process. A Dask scheduler
         address (``tcp://host:8786``) runs each slide as a task on that cluster;
         ``local:N`` starts a local cluster of N worker processes (see
-        :mod:`wsi_saliency.cluster`). Not part of :func:`config_hash`.
+        :mod:`wsi_saliency.batch.dask`). Not part of :func:`config_hash`.
     """
 
+    SECTION: ClassVar[str] = "inference"
     device: str = "auto"
     batch_size: int = 32
     workers: int = 2
-    precision: str = "auto"
+    precision: Precision = "auto"
     scheduler: str | None = None
 
 
 @dataclass(frozen=True)
-class OutputConfig:
+class OutputConfig(_Section):
     """What is written and how it is displayed.
 
     Parameters
@@ -235,11 +281,12 @@ class OutputConfig:
         Smallest tumour region (um^2) written to ``regions.geojson``.
     """
 
+    SECTION: ClassVar[str] = "output"
     threshold: float = 0.5
     saliency_range: tuple[float, float] | None = None
-    blend: str = "hann"
+    blend: Blend = "hann"
     class_names: dict[str, str] | None = None
-    geojson_compression: str = "none"
+    geojson_compression: GeojsonCompression = "none"
     min_region_um2: float = 0.0
 
 
@@ -272,30 +319,162 @@ _LOCAL_SCHEDULER_RE = re.compile(r"^local:(\d+)$")
 _SCHEDULER_RE = re.compile(
     r"^((tcp|tls|ucx|ws|wss)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?/?$"
 )
-# Keys with an option of their own on `wsi-saliency run`; any other key is set with
-# ``--set key=value``, which is how its errors name it.
-_CLI_LABELS = types.MappingProxyType(
-    {
-        "model.path": "--model",
-        "model.layer": "--layer",
-        "model.method": "--method",
-        "model.smoothing": "--smoothing",
-        "model.target": "--target",
-        "model.trust_code": "--trust-model-code",
-        "slide.mpp": "--mpp",
-        "slide.mpp_sidecar": "--mpp-sidecar",
-        "slide.backend": "--backend",
-        "inference.device": "--device",
-        "inference.batch_size": "--batch-size",
-        "inference.workers": "--workers",
-        "inference.scheduler": "--scheduler",
-        "inference.precision": "--precision",
-        "tiling.tile_size": "--tile-size",
-        "tiling.spacing": "--spacing",
-        "tiling.overlap": "--overlap",
-        "tiling.min_tissue": "--min-tissue",
-    }
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line option that sets one configuration key.
+
+    Parameters
+    ----------
+    key
+        Dotted configuration key (``"tiling.overlap"``).
+    flag
+        Long option (``"--overlap"``).
+    help
+        Help text (say the default when it is not the field's).
+    short
+        Short option (``"-m"``), if any.
+    commands
+        The commands that have the option (``"run"``, ``"tiles"``).
+    metavar
+        Placeholder shown in the help.
+    """
+
+    key: str
+    flag: str
+    help: str
+    short: str | None = None
+    commands: tuple[str, ...] = ("run",)
+    metavar: str | None = None
+
+
+#: The one table of configuration keys with an option of their own (any other key is
+#: set with ``--set key=value``, which is also how its errors name it). The option's
+#: type and choices come from the field's annotation; ``wsi_saliency.cli.options``
+#: turns the rows into ``click`` options.
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "model.path",
+        "--model",
+        "Model directory [default: bundled demo model]; for tiles, the model whose "
+        "config.json gives the tile size and spacing.",
+        short="-m",
+        commands=("run", "tiles"),
+    ),
+    Option(
+        "model.trust_code",
+        "--trust-model-code",
+        "Let the model folder run its own Python code ('file.py:callable' or "
+        "'package.module:callable' architectures). Only for model folders you trust.",
+    ),
+    Option("model.layer", "--layer", "Layer explained [default: the model's]."),
+    Option("model.method", "--method", "Saliency method; 'none' predicts only (no saliency "
+           "outputs)."),
+    Option("model.smoothing", "--smoothing", "Smoothing of the strided convolutions "
+           "('bilinear' needs a folder written by 'wsi-saliency surrogate')."),
+    Option("model.target", "--target", "Class explained, name or index [default: tumour]."),
+    Option(
+        "slide.mpp",
+        "--mpp",
+        "Level-0 um/px for every slide (overrides slide metadata).",
+        commands=("run", "tiles"),
+    ),
+    Option(
+        "slide.mpp_sidecar",
+        "--mpp-sidecar",
+        "Per-slide spacing file beside each slide [default: {stem}.mpp.json].",
+    ),
+    Option(
+        "slide.backend",
+        "--backend",
+        "Slide reader: auto (per file, the fastest that reads the slide identically) or "
+        "one [default: auto].",
+        commands=("run", "tiles"),
+    ),
+    Option("inference.device", "--device", "auto, cpu, cuda, cuda:N or mps [default: auto]."),
+    Option(
+        "inference.precision",
+        "--precision",
+        "Network precision: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), "
+        "fp32, bf16, fp16 (CUDA only) [default: auto].",
+    ),
+    Option("inference.batch_size", "--batch-size", "Tiles per model batch [default: 32]."),
+    Option("inference.workers", "--workers", "Tile-reading workers [default: 2]."),
+    Option(
+        "inference.scheduler",
+        "--scheduler",
+        "Run slides on a Dask cluster: tcp://host:8786, or local:N worker processes "
+        "(one per GPU) [default: in this process].",
+        metavar="ADDRESS",
+    ),
+    Option(
+        "tiling.tile_size",
+        "--tile-size",
+        "Tile px [default: the model's].",
+        commands=("run", "tiles"),
+    ),
+    Option(
+        "tiling.spacing",
+        "--spacing",
+        "Tile um/px [default: the model's].",
+        commands=("run", "tiles"),
+    ),
+    Option(
+        "tiling.overlap",
+        "--overlap",
+        "Fraction of a tile shared with its neighbour, in [0, 1) [default: seam-free, 1/7 of "
+        "a 224 px tile with a 14 x 14 map].",
+        commands=("run", "tiles"),
+    ),
+    Option(
+        "tiling.min_tissue",
+        "--min-tissue",
+        "Smallest tissue fraction of a kept tile [default: 0.25].",
+        commands=("run", "tiles"),
+    ),
+    Option(
+        "tissue.roi",
+        "--roi",
+        "Region of interest restricting tiling: mask image (any scale) or GeoJSON "
+        "(level-0 px); {stem}/{name} are replaced per slide.",
+        commands=("tiles",),
+    ),
+    Option(
+        "tissue.method",
+        "--tissue-method",
+        "Tissue detection method [default: otsu].",
+        commands=("tiles",),
+    ),
+    Option(
+        "tissue.threshold",
+        "--tissue-threshold",
+        "Saturation threshold (0..1) for --tissue-method fixed.",
+        commands=("tiles",),
+    ),
+    Option(
+        "tissue.spacing",
+        "--tissue-spacing",
+        "Thumbnail spacing (um/px) for tissue detection [default: 8].",
+        commands=("tiles",),
+    ),
 )
+
+
+def option_flags(command: str = "run") -> dict[str, str]:
+    """The options of one command by configuration key (how errors name them).
+
+    Parameters
+    ----------
+    command
+        ``"run"`` or ``"tiles"``.
+
+    Returns
+    -------
+    dict
+        ``{key: flag}`` for the rows of :data:`OPTIONS` the command has.
+    """
+    return {o.key: o.flag for o in OPTIONS if command in o.commands}
 
 
 def config_keys() -> dict[str, tuple[str, ...]]:
@@ -358,10 +537,10 @@ def _suggest(word: str, choices: typing.Iterable[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
-def _label(key: str, origin: str) -> str:
+def _label(key: str, origin: str, flags: Mapping[str, str]) -> str:
     """How a key is named in a message: the config file key or the command-line option."""
     if origin == "cli":
-        return f"command line: {_CLI_LABELS.get(key, f'--set {key}')}"
+        return f"command line: {flags.get(key, f'--set {key}')}"
     return f"{origin}: {key}"
 
 
@@ -373,6 +552,8 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     """Coerce ``value`` to the type ``hint``; return ``(ok, value)``."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is typing.Literal:  # the value is checked against the choices by _check_value
+        return isinstance(value, str), value
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return (type(None) in args), None
@@ -441,6 +622,8 @@ def _type_name(hint: Any) -> str:
         return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
     if origin is tuple:
         return f"a list of {len(args)} numbers"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in args)
     if origin is dict:
         return "a mapping of names to names"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
@@ -513,95 +696,133 @@ def _choice(value: str, choices: tuple[str, ...]) -> str | None:
     return f"unknown value '{value}' (choose from {', '.join(choices)}){_suggest(value, choices)}"
 
 
-def _check_value(key: str, value: Any) -> str | None:  # noqa: C901 - one flat table of rules
-    """Return what is wrong with an (already type-coerced) value, or None."""
-    if value is None:
+def _positive_um(value: float) -> str | None:
+    return None if _in_range(value, 0, 1e6, lo_open=True) else f"{value} must be > 0 (um/px)"
+
+
+def _fraction(value: float) -> str | None:
+    return None if _in_range(value, 0, 1) else f"{value} must be in [0, 1]"
+
+
+def _sidecar(value: str) -> str | None:
+    if value == "" or "{" in value:
         return None
-    if key == "slide.backend":
-        return _choice(value, BACKENDS)
-    if key == "slide.mpp":
-        return None if _in_range(value, 0, 1000, lo_open=True) else f"{value} must be > 0 (um/px)"
-    if key == "slide.mpp_sidecar":
-        return (
-            None
-            if value == "" or "{" in value
-            else (
-                f"'{value}' must contain {{stem}} or {{name}} (e.g. '{{stem}}.mpp.json'), or be empty"
-            )
-        )
-    if key == "tissue.method":
-        return _choice(value, TISSUE_METHODS)
-    if key == "tissue.threshold":
-        return None if _in_range(value, 0, 1) else f"{value} must be in [0, 1]"
-    if key == "tissue.spacing":
-        return None if _in_range(value, 0, 1e6, lo_open=True) else f"{value} must be > 0 (um/px)"
-    if key == "tissue.min_object_um2":
-        return None if _in_range(value, 0, math.inf, hi_open=True) else f"{value} must be >= 0"
-    if key == "tiling.tile_size":
-        return None if value >= 2 else f"{value} must be >= 2 (pixels)"
-    if key == "tiling.spacing":
-        return None if _in_range(value, 0, 1e6, lo_open=True) else f"{value} must be > 0 (um/px)"
-    if key == "tiling.overlap":
-        return None if _in_range(value, 0, 1, hi_open=True) else f"{value} must be in [0, 1)"
-    if key == "tiling.min_tissue":
-        return None if _in_range(value, 0, 1) else f"{value} must be in [0, 1]"
-    if key == "model.layer":
-        return None if value.strip() else "must not be empty (leave it out for the model's layer)"
-    if key == "model.method":
-        return _choice(value, METHODS)
-    if key == "model.smoothing":
-        return _choice(value, SMOOTHINGS)
-    if key == "model.target":
-        if isinstance(value, int):
-            return None if value >= 0 else f"{value} must be a class index >= 0 or a class name"
-        return None if value.strip() else "must be a class name or index"
-    if key == "inference.device":
-        if validate_device(value):
-            return None
-        return f"unknown device '{value}' (use auto, cpu, cuda, cuda:N or mps)"
-    if key == "inference.precision":
-        return _choice(value, PRECISIONS)
-    if key == "inference.batch_size":
-        return None if value >= 1 else f"{value} must be >= 1"
-    if key == "inference.workers":
-        return None if value >= 0 else f"{value} must be >= 0 (0 reads tiles in the main process)"
-    if key == "inference.scheduler":
-        try:
-            parse_scheduler(value)
-        except ConfigError as exc:
-            return str(exc)
+    return f"'{value}' must contain {{stem}} or {{name}} (e.g. '{{stem}}.mpp.json'), or be empty"
+
+
+def _target(value: str | int) -> str | None:
+    if isinstance(value, int):
+        return None if value >= 0 else f"{value} must be a class index >= 0 or a class name"
+    return None if value.strip() else "must be a class name or index"
+
+
+def _device(value: str) -> str | None:
+    if validate_device(value):
         return None
-    if key == "output.threshold":
-        return None if _in_range(value, 0, 1) else f"{value} must be in [0, 1]"
-    if key == "output.saliency_range":
-        lo, hi = value
-        if math.isfinite(lo) and math.isfinite(hi) and lo < hi:
-            return None
-        return f"{list(value)} must be [vmin, vmax] with vmin < vmax"
-    if key == "output.blend":
-        return _choice(value, BLENDS)
-    if key == "output.geojson_compression":
-        return _choice(value, GEOJSON_COMPRESSIONS)
-    if key == "output.min_region_um2":
-        return None if _in_range(value, 0, math.inf, hi_open=True) else f"{value} must be >= 0"
-    if key == "output.class_names":
-        empty = [k for k, v in value.items() if not v.strip()]
-        return f"the QuPath class of {empty} is empty" if empty else None
+    return f"unknown device '{value}' (use auto, cpu, cuda, cuda:N or mps)"
+
+
+def _scheduler(value: str) -> str | None:
+    try:
+        parse_scheduler(value)
+    except ConfigError as exc:
+        return str(exc)
     return None
 
 
-def _apply(values: dict[str, dict[str, Any]], key: str, raw: Any, origin: str) -> None:
-    section, name = key.split(".", 1)
-    cls = dict(_SECTIONS)[section]
-    hint = _type_hints(cls)[name]
+def _saliency_range(value: tuple[float, float]) -> str | None:
+    lo, hi = value
+    if math.isfinite(lo) and math.isfinite(hi) and lo < hi:
+        return None
+    return f"{list(value)} must be [vmin, vmax] with vmin < vmax"
+
+
+def _class_names(value: Mapping[str, str]) -> str | None:
+    empty = [k for k, v in value.items() if not v.strip()]
+    return f"the QuPath class of {empty} is empty" if empty else None
+
+
+#: Range and form of the values (already of the field's type; None is never checked).
+#: A ``Literal`` field needs no rule: its choices are checked from its annotation.
+_RULES: Mapping[str, Callable[[Any], str | None]] = types.MappingProxyType(
+    {
+        "slide.mpp": lambda v: (
+            None if _in_range(v, 0, 1000, lo_open=True) else f"{v} must be > 0 (um/px)"
+        ),
+        "slide.mpp_sidecar": _sidecar,
+        "tissue.threshold": _fraction,
+        "tissue.spacing": _positive_um,
+        "tissue.min_object_um2": lambda v: (
+            None if _in_range(v, 0, math.inf, hi_open=True) else f"{v} must be >= 0"
+        ),
+        "tiling.tile_size": lambda v: None if v >= 2 else f"{v} must be >= 2 (pixels)",
+        "tiling.spacing": _positive_um,
+        "tiling.overlap": lambda v: (
+            None if _in_range(v, 0, 1, hi_open=True) else f"{v} must be in [0, 1)"
+        ),
+        "tiling.min_tissue": _fraction,
+        "model.layer": lambda v: (
+            None if v.strip() else "must not be empty (leave it out for the model's layer)"
+        ),
+        "model.target": _target,
+        "inference.device": _device,
+        "inference.batch_size": lambda v: None if v >= 1 else f"{v} must be >= 1",
+        "inference.workers": lambda v: (
+            None if v >= 0 else f"{v} must be >= 0 (0 reads tiles in the main process)"
+        ),
+        "inference.scheduler": _scheduler,
+        "output.threshold": _fraction,
+        "output.saliency_range": _saliency_range,
+        "output.min_region_um2": lambda v: (
+            None if _in_range(v, 0, math.inf, hi_open=True) else f"{v} must be >= 0"
+        ),
+        "output.class_names": _class_names,
+    }
+)
+
+
+def _check_value(key: str, value: Any, hint: Any) -> str | None:
+    """Return what is wrong with an (already type-coerced) value, or None."""
+    if value is None:
+        return None
+    if typing.get_origin(hint) is typing.Literal:
+        return _choice(value, typing.get_args(hint))
+    rule = _RULES.get(key)
+    return None if rule is None else rule(value)
+
+
+def _checked(key: str, hint: Any, raw: Any, where: str) -> Any:
+    """``raw`` coerced to ``hint`` and checked; ConfigError prefixed with ``where``."""
     ok, value = _coerce(raw, hint)
-    where = _label(key, origin)
     if not ok:
         raise ConfigError(f"{where} = {raw!r} must be {_type_name(hint)}")
-    problem = _check_value(key, value)
+    problem = _check_value(key, value, hint)
     if problem is not None:
         raise ConfigError(f"{where}: {problem}")
-    values[section][name] = value
+    return value
+
+
+def _validate_section(section: Any, name: str) -> None:
+    """Coerce and check every field of a frozen section in place (its ``__post_init__``)."""
+    hints = _type_hints(type(section))
+    for f in dataclasses.fields(section):
+        key = f"{name}.{f.name}"
+        raw = getattr(section, f.name)
+        value = _checked(key, hints[f.name], raw, f"config: {key}")
+        if value is not raw:
+            object.__setattr__(section, f.name, value)
+
+
+def _apply(
+    values: dict[str, dict[str, Any]],
+    key: str,
+    raw: Any,
+    origin: str,
+    flags: Mapping[str, str],
+) -> None:
+    section, name = key.split(".", 1)
+    hint = _type_hints(dict(_SECTIONS)[section])[name]
+    values[section][name] = _checked(key, hint, raw, _label(key, origin, flags))
 
 
 def _check_key(section: str, name: str | None, origin: str) -> None:
@@ -630,6 +851,7 @@ def build_config(
     cli_overrides: Mapping[str, Any] | None = None,
     *,
     source: str | Path | None = None,
+    flags: Mapping[str, str] | None = None,
     warn_deprecated: bool = True,
 ) -> RunConfig:
     """Merge a YAML configuration and command-line values into a validated RunConfig.
@@ -646,8 +868,9 @@ def build_config(
         mean "not given" and are ignored.
     source
         Name of the YAML file, used in error messages.
-    warn_deprecated
-        Warn (``FutureWarning``) when the replaced key ``inference.autocast`` is used.
+    flags
+        Command-line option of each key, for error messages (default: those of
+        ``run``, :func:`option_flags`).
 
     Returns
     -------
@@ -660,6 +883,7 @@ def build_config(
         wrong type, or a bad value; the message names the config file or option.
     """
     origin = f"config file {source}" if source is not None else "config"
+    flags = option_flags("run") if flags is None else flags
     values: dict[str, dict[str, Any]] = {name: {} for name, _ in _SECTIONS}
     yaml_dict = _replace_autocast(yaml_dict, origin, warn=warn_deprecated)
     cli_overrides = _replace_autocast_cli(cli_overrides, warn=warn_deprecated)
@@ -674,7 +898,7 @@ def build_config(
             )
         for name, raw in body.items():
             _check_key(str(section), str(name), origin)
-            _apply(values, f"{section}.{name}", raw, origin)
+            _apply(values, f"{section}.{name}", raw, origin, flags)
     for key, raw in (cli_overrides or {}).items():
         if raw is None:
             continue
@@ -684,7 +908,7 @@ def build_config(
             )
         section, name = key.split(".", 1)
         _check_key(section, name, "cli")
-        _apply(values, key, raw, "cli")
+        _apply(values, key, raw, "cli", flags)
     return _make(values)
 
 
@@ -710,7 +934,7 @@ def _replace_autocast(
         warnings.warn(
             f"{origin}: inference.autocast is replaced by inference.precision; reading "
             f"autocast: {str(raw).lower()} as precision: {new}",
-            FutureWarning,
+            WsiSaliencyWarning,
             stacklevel=3,
         )
     body.setdefault("precision", new)
@@ -731,7 +955,7 @@ def _replace_autocast_cli(
         warnings.warn(
             f"--set inference.autocast is replaced by --precision; reading it as "
             f"--precision {new}",
-            FutureWarning,
+            WsiSaliencyWarning,
             stacklevel=3,
         )
     if out.get("inference.precision") is None:

@@ -28,11 +28,17 @@ __all__ = [
     "UnsafeWeightsError",
     "UnsupportedPixelTypeError",
     "WsiSaliencyError",
+    "WsiSaliencyWarning",
 ]
 
 
 class WsiSaliencyError(Exception):
     """Base class of every error raised on purpose by wsi_saliency."""
+
+
+class WsiSaliencyWarning(UserWarning):
+    """Base class of every warning issued by wsi_saliency (the tests turn it into an error
+    unless a test expects it with ``pytest.warns``)."""
 
 
 class SlideOpenError(WsiSaliencyError, OSError):

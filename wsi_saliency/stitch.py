@@ -53,16 +53,20 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
-import zarr
 
 from wsi_saliency.errors import ConfigError, OutputError, StitchError
 from wsi_saliency.types import BatchResult, TileGrid
 
+if TYPE_CHECKING:
+    import zarr
+
 __all__ = [
     "BLENDS",
+    "Blend",
     "StitchedHeatmaps",
     "Stitcher",
     "TileStats",
@@ -71,8 +75,9 @@ __all__ = [
     "heatmap_pixel_size",
 ]
 
-#: Names accepted by ``blend``.
-BLENDS: tuple[str, ...] = ("uniform", "hann")
+Blend = Literal["uniform", "hann"]
+#: Names accepted by ``blend`` (``output.blend``).
+BLENDS: tuple[Blend, ...] = get_args(Blend)
 
 _EPS = 1e-9
 
@@ -403,6 +408,8 @@ class Stitcher:
                 f"stitch store {self._store} already exists and is not empty: "
                 "give a fresh folder (e.g. a temporary directory)"
             )
+        import zarr  # here, not at module level: the configuration imports Blend from here
+
         self._group = zarr.open_group(str(self._store), mode="w")
         h, w = self._shape
         cs = self._chunk

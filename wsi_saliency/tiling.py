@@ -34,7 +34,7 @@ from wsi_saliency.errors import ConfigError, MissingMppError, NoTissueError, Sli
 from wsi_saliency.readers.base import LEVEL_TOLERANCE, SlideReader
 from wsi_saliency.readers.blockcache import DEFAULT_MAX_BYTES, BlockCache
 from wsi_saliency.readers.resample import resample_margin, resample_window
-from wsi_saliency.types import SlideInfo, TileGrid, TissueMask
+from wsi_saliency.types import Mpp, SlideInfo, TileGrid, TissueMask
 
 __all__ = [
     "check_slide_fits",
@@ -149,11 +149,16 @@ def _check_tile(tile_size: int, spacing: float) -> None:
         raise ConfigError(f"tile spacing must be positive um/px, got {spacing!r}")
 
 
-def check_slide_fits(info: SlideInfo, *, tile_size: int, spacing: float) -> None:
+def check_slide_fits(info: SlideInfo, *, tile_size: int, spacing: float) -> Mpp:
     """Refuse a slide smaller than one tile, before any tissue detection.
 
     A tile is ``tile_size`` px at ``spacing`` um/px, i.e. ``tile_size * spacing`` um
     square; the slide is ``width * mpp.x`` by ``height * mpp.y`` um.
+
+    Returns
+    -------
+    Mpp
+        The slide's level-0 spacing (known, since it was checked).
 
     Raises
     ------
@@ -178,6 +183,7 @@ def check_slide_fits(info: SlideInfo, *, tile_size: int, spacing: float) -> None
             f"{spacing:g} um/px = {tile_um:.4g}x{tile_um:.4g} um); use a smaller "
             "--tile-size or a finer --spacing (tiling.tile_size / tiling.spacing)"
         )
+    return info.mpp
 
 
 def make_grid(
@@ -220,8 +226,7 @@ def make_grid(
     ConfigError
         Out-of-range parameters.
     """
-    check_slide_fits(info, tile_size=tile_size, spacing=spacing)
-    assert info.mpp is not None
+    mpp = check_slide_fits(info, tile_size=tile_size, spacing=spacing)
     if not 0.0 <= overlap < 1.0:
         raise ConfigError(f"overlap must be in [0, 1), got {overlap!r}")
     if not 0.0 <= min_tissue <= 1.0:
@@ -230,7 +235,6 @@ def make_grid(
     stride = round(tile_size * (1.0 - overlap))
     if stride < 1:
         raise ConfigError(f"overlap {overlap} leaves no stride for {tile_size} px tiles; lower it")
-    mpp = info.mpp
     w0, h0 = info.dimensions
     size_x = tile_size * spacing / mpp.x
     size_y = tile_size * spacing / mpp.y

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,8 @@ from wsi_saliency.types import TissueMask
 
 __all__ = [
     "CLOSING_UM",
+    "TISSUE_METHODS",
+    "TissueMethod",
     "DILATION_UM",
     "MIN_SATURATION",
     "TISSUE_PNG_MAX",
@@ -57,7 +59,9 @@ TISSUE_PNG_MIN: Final[int] = 1024
 #: Contour colour drawn in ``tissue.png``.
 CONTOUR_RGB: Final[tuple[int, int, int]] = (0, 200, 0)
 
-_METHODS: Final[tuple[str, ...]] = ("otsu", "fixed")
+TissueMethod = Literal["otsu", "fixed"]
+#: Tissue detection methods (``tissue.method``).
+TISSUE_METHODS: tuple[TissueMethod, ...] = get_args(TissueMethod)
 _MPP_FIX: Final[str] = (
     "give it in um/px with --mpp (CLI, e.g. --mpp 0.25) / mpp= (open_slide) "
     'or a {stem}.mpp.json sidecar holding {"mpp": 0.25}'
@@ -212,8 +216,8 @@ def mask_from_thumbnail(
         spacing = float(spacing) if math.isclose(read_at, spacing, rel_tol=1e-6) else read_at
     if not (spacing > 0 and math.isfinite(spacing)):
         raise ConfigError(f"tissue spacing must be positive um/px, got {spacing!r}")
-    if method not in _METHODS:
-        raise ConfigError(f"unknown tissue method {method!r}; use one of {', '.join(_METHODS)}")
+    if method not in TISSUE_METHODS:
+        raise ConfigError(f"unknown tissue method {method!r}; use one of {', '.join(TISSUE_METHODS)}")
     if method == "fixed" and (threshold is None or not 0.0 <= float(threshold) <= 1.0):
         raise ConfigError(
             f"tissue method 'fixed' needs a saturation threshold in 0..1, got {threshold!r}"
@@ -227,7 +231,7 @@ def mask_from_thumbnail(
         assert threshold is not None
         t = float(threshold)
     mask = _clean(sat > np.float32(t * 255.0), spacing, min_object_um2)
-    used = method
+    used: str = method
     if roi is not None:
         if isinstance(roi, Roi):
             r = roi

@@ -1,7 +1,7 @@
 """The per-slide job: slide -> tissue -> tiles -> model + saliency -> stitched outputs.
 
 :func:`run_slide` is the one function that turns a slide into its output folder. It
-knows nothing of batches, resume or clusters: ``batch.py`` calls it locally and the
+knows nothing of batches, resume or clusters: :mod:`wsi_saliency.batch` calls it locally and the
 Dask runner calls the same function on a worker.
 
 Tiles are read by reader threads (each with its own slide handle, see
@@ -26,25 +26,24 @@ import torch
 
 from wsi_saliency import __version__
 from wsi_saliency.config import RunConfig, config_hash, resolve_model_defaults
-from wsi_saliency.errors import ConfigError
 from wsi_saliency.finite import finite_tiles
-from wsi_saliency.inputs import companion_path, model_fingerprint, slide_fingerprint
+from wsi_saliency.inputs import model_fingerprint, slide_fingerprint
 from wsi_saliency.models import LoadedModel
+from wsi_saliency.plan import plan_slide
 from wsi_saliency.prefetch import iter_tile_batches
 from wsi_saliency.readers import SlideReader, open_slide
+from wsi_saliency.run_record import ModelRecord, RunRecord, TilingRecord
 from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.saliency.engine import resolve_device
 from wsi_saliency.saliency.seams import heatmap_seams, resolve_overlap
-from wsi_saliency.stitch import BLENDS, Stitcher, check_tile_geometry
-from wsi_saliency.tiling import check_slide_fits, make_grid, read_tiles, tile_cache
-from wsi_saliency.tissue import mask_from_thumbnail, save_tissue_png, thumbnail_at_spacing
-from wsi_saliency.types import BatchResult, SlideInfo, TileGrid
+from wsi_saliency.stitch import Stitcher, check_tile_geometry
+from wsi_saliency.tiling import read_tiles, tile_cache
+from wsi_saliency.tissue import save_tissue_png, thumbnail_at_spacing
+from wsi_saliency.types import BatchResult, Mpp, SlideInfo, TileGrid
 from wsi_saliency.writers import (
-    RUN_JSON_FILENAME,
     collect_hardware,
     collect_versions,
     write_heatmap_outputs,
-    write_run_json,
 )
 from wsi_saliency.writers.geojson import count_omitted_measurements
 from wsi_saliency.writers.run_meta import to_jsonable
@@ -107,15 +106,14 @@ class _Stopwatch:
         return out
 
 
-def _overlay_spacing(info: SlideInfo) -> float:
+def _overlay_spacing(info: SlideInfo, mpp: Mpp) -> float:
     """Spacing of the thumbnail under ``overlay.png``: about ``OVERLAY_MAX_PX`` on the long
     side, snapped to the first pyramid level at least that coarse so that it is read
     straight from that level without resampling."""
-    assert info.mpp is not None
     target = max(1.0, max(info.dimensions) / OVERLAY_MAX_PX)
     coarser = [d for d in info.level_downsamples if d >= target * 0.999]
     ds = min(coarser) if coarser else target
-    return ds * info.mpp.x
+    return ds * mpp.x
 
 
 def _open(path: Path, config: RunConfig, backend: str | None = None) -> SlideReader:
@@ -127,9 +125,8 @@ def _open(path: Path, config: RunConfig, backend: str | None = None) -> SlideRea
     )
 
 
-def _slide_facts(info: SlideInfo) -> dict[str, Any]:
+def _slide_facts(info: SlideInfo, mpp: Mpp) -> dict[str, Any]:
     """Slide facts for run.json: geometry and spacing only, never patient data."""
-    assert info.mpp is not None
     return {
         "file": Path(info.path).name,
         "backend": info.backend,
@@ -137,7 +134,7 @@ def _slide_facts(info: SlideInfo) -> dict[str, Any]:
         "dimensions": list(info.dimensions),
         "level_count": info.level_count,
         "level_downsamples": [round(d, 6) for d in info.level_downsamples],
-        "mpp": {"x": info.mpp.x, "y": info.mpp.y, "source": info.mpp.source},
+        "mpp": {"x": mpp.x, "y": mpp.y, "source": mpp.source},
         "objective_power": info.objective_power,
     }
 
@@ -215,10 +212,6 @@ def check_run(model: LoadedModel, config: RunConfig) -> SaliencyEngine:
     """
     config = resolve_model_defaults(config, model.spec)
     assert config.tiling.tile_size is not None
-    if config.output.blend not in BLENDS:
-        raise ConfigError(
-            f"output.blend {config.output.blend!r} is not one of {', '.join(BLENDS)}"
-        )
     engine = _engine(model, config, resolve_device(config.inference.device))
     map_shape = heatmap_map_shape(engine)
     overlap = resolve_overlap(config.tiling.overlap, config.tiling.tile_size, map_shape)
@@ -245,7 +238,7 @@ def run_slide(
     config
         The run configuration; ``None`` tiling values come from the model's config.
     out_dir
-        Existing, empty folder for this slide's outputs (``batch.py`` passes a
+        Existing, empty folder for this slide's outputs (the batch passes a
         temporary folder it renames into place when this returns).
     progress
         Called as ``progress(done_tiles, total_tiles)`` after every batch.
@@ -275,33 +268,9 @@ def run_slide(
         reader = _open(slide_path, config)
     with reader:
         info = reader.info
-        check_slide_fits(info, tile_size=tile_size, spacing=spacing)
-        with watch.stage("tissue"):
-            tcfg = config.tissue
-            thumb, thumb_ds = thumbnail_at_spacing(reader, tcfg.spacing)
-            assert info.mpp is not None
-            mask = mask_from_thumbnail(
-                thumb,
-                downsample=thumb_ds,
-                spacing=tcfg.spacing,
-                mpp=info.mpp.x,
-                method=tcfg.method,
-                threshold=tcfg.threshold,
-                min_object_um2=tcfg.min_object_um2,
-                roi=companion_path(tcfg.roi, slide_path) if tcfg.roi else None,
-                slide_dimensions=info.dimensions,
-                name=info.path,
-            )
         engine = _engine(model, config, device)
-        with watch.stage("grid"):
-            grid = make_grid(
-                info,
-                mask,
-                tile_size=tile_size,
-                spacing=spacing,
-                overlap=resolve_overlap(config.tiling.overlap, tile_size, heatmap_map_shape(engine)),
-                min_tissue=config.tiling.min_tissue,
-            )
+        plan = plan_slide(reader, config, map_shape=heatmap_map_shape(engine), timer=watch.stage)
+        grid, mask = plan.grid, plan.mask
         scratch = out_dir / ".scratch.zarr"
         explain = engine.method is not None
         stitcher = Stitcher(
@@ -351,7 +320,9 @@ def run_slide(
             )
 
         with watch.stage("write"):
-            overlay_thumb, overlay_ds = thumbnail_at_spacing(reader, _overlay_spacing(info))
+            overlay_thumb, overlay_ds = thumbnail_at_spacing(
+                reader, _overlay_spacing(info, plan.mpp)
+            )
             outputs, scaling = write_heatmap_outputs(
                 out_dir,
                 heatmaps,
@@ -360,32 +331,32 @@ def run_slide(
                 output=config.output,
                 name=slide_path.stem,
             )
-            outputs["tissue"] = save_tissue_png(thumb, mask, out_dir / TISSUE_PNG)
+            outputs["tissue"] = save_tissue_png(plan.thumbnail, mask, out_dir / TISSUE_PNG)
             shutil.rmtree(scratch, ignore_errors=True)
 
     timings = watch.total()
     tiles_per_s = n_done / watch.timings["inference"] if watch.timings["inference"] > 0 else 0.0
     fingerprint = model_fingerprint(model.spec)
-    payload: dict[str, Any] = {
-        "wsi_saliency_version": __version__,
-        "status": "done",
-        "config_hash": config_hash(config, fingerprint),
-        "inputs": slide_fingerprint(
+    record = RunRecord(
+        wsi_saliency_version=__version__,
+        status="done",
+        config_hash=config_hash(config, fingerprint),
+        inputs=slide_fingerprint(
             slide_path, mpp_sidecar=config.slide.mpp_sidecar, roi=config.tissue.roi
         ),
-        "config": to_jsonable(config),
-        "model": {
-            "name": model.spec.name,
-            "architecture": model.spec.architecture,
-            "weights_file": model.spec.weights_file,
-            "weights_sha256": model.spec.weights_sha256,
-            "fingerprint": fingerprint,
-            "class_names": list(model.spec.class_names),
-            "tumor_class": model.spec.tumor_class,
-            "patch_size": model.spec.patch_size,
-            "spacing_um_px": model.spec.spacing,
-        },
-        "saliency": {
+        config=to_jsonable(config),
+        model=ModelRecord(
+            name=model.spec.name,
+            architecture=model.spec.architecture,
+            weights_file=model.spec.weights_file,
+            weights_sha256=model.spec.weights_sha256,
+            fingerprint=fingerprint,
+            class_names=tuple(model.spec.class_names),
+            tumor_class=model.spec.tumor_class,
+            patch_size=model.spec.patch_size,
+            spacing_um_px=model.spec.spacing,
+        ),
+        saliency={
             "layer": engine.layer,
             "method": engine.method or "none",
             "smoothing": engine.smoothing,
@@ -395,37 +366,37 @@ def run_slide(
         },
         # seam ratio of the stitched saliency map (1.0 = no tile grid visible; see
         # wsi_saliency.saliency.seams): magnitude and TV at tile borders vs interiors
-        "seams": seams.as_dict() if seams is not None else None,
-        "slide": _slide_facts(info),
-        "tissue": {
+        seams=seams.as_dict() if seams is not None else {},
+        nonfinite={
+            "tiles_left_out": n_nonfinite,
+            "geojson_measurements_omitted": count_omitted_measurements(heatmaps),
+        },
+        slide=_slide_facts(info, plan.mpp),
+        tissue={
             "method": mask.method,
             "threshold": mask.threshold,
             "thumbnail_spacing_um": mask.spacing,
         },
-        "tiling": {
-            "tile_size": grid.tile_size,
-            "spacing_um_px": grid.spacing,
-            "overlap": grid.overlap,
-            "stride": grid.stride,
-            "min_tissue": config.tiling.min_tissue,
-            "read_level": grid.level,
-            "read_downsample": grid.level_downsample,
-            "grid_shape": list(grid.grid_shape),
-            "n_tiles": len(grid),
-        },
-        "heatmap": {
+        tiling=TilingRecord(
+            tile_size=grid.tile_size,
+            spacing_um_px=grid.spacing,
+            overlap=grid.overlap,
+            stride=grid.stride,
+            min_tissue=config.tiling.min_tissue,
+            read_level=grid.level,
+            read_downsample=grid.level_downsample,
+            grid_shape=grid.grid_shape,
+            n_tiles=len(grid),
+        ),
+        heatmap={
             "pixel_size_um": heatmaps.pixel_size_um,
             "shape": list(heatmaps.shape),
             "channels": list(heatmaps.channel_names),
             "blend": heatmaps.blend,
             "coverage": heatmaps.coverage,
         },
-        "nonfinite": {
-            "tiles_left_out": n_nonfinite,
-            "geojson_measurements_omitted": count_omitted_measurements(heatmaps),
-        },
-        "device": str(device),
-        "inference": {
+        device=str(device),
+        inference={
             "batch_size": config.inference.batch_size,
             "workers": config.inference.workers,
             "precision": engine.precision,
@@ -433,11 +404,11 @@ def run_slide(
             "channels_last": engine.channels_last,
             "tiles_per_second": round(tiles_per_s, 2),
         },
-        "timings_s": timings,
-        "outputs": sorted(p.name for p in outputs.values()),
-        "versions": collect_versions(),
-        "hardware": collect_hardware(),
-    }
-    outputs["run_json"] = write_run_json(out_dir / RUN_JSON_FILENAME, payload)
+        timings_s=timings,
+        outputs=tuple(sorted(p.name for p in outputs.values())),
+        versions=collect_versions(),
+        hardware=collect_hardware(),
+    )
+    outputs["run_json"] = record.write(out_dir)
     return SlideResult(slide=info, out_dir=out_dir, n_tiles=n_done, timings=timings,
                        outputs=outputs)

@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import os
 
-# Reader threads decode tiles while PyTorch computes. OpenMP's default busy-waiting
-# makes the two fight over the cores (a 5-10x slowdown measured on 2 cores), so the CLI
-# asks for passive waiting unless the user chose otherwise. Set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import click
 
 from wsi_saliency import __version__
@@ -46,5 +41,13 @@ cli.add_command(qupath_script_command)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Reader threads decode tiles while PyTorch computes. OpenMP's default busy-waiting
+    makes the two fight over the cores (a 5-10x slowdown measured on 2 cores), so the
+    command line asks for passive waiting unless the user chose otherwise. It is set
+    here, before any command imports torch, and not when the package is imported: a
+    program importing ``wsi_saliency`` keeps its own environment.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cli()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import IO, Any, TypeVar
@@ -126,6 +127,12 @@ def setup_logging(
     pkg = logging.getLogger("wsi_saliency")
     pkg.setLevel(pkg_level)
     pkg.propagate = True
+    if pkg_level > logging.INFO:
+        # Dask's ``distributed`` logs INFO lines (cluster start, worker joins) through
+        # its own handler: quieten it here and, through Dask's configuration in the
+        # environment, in the worker processes a local cluster starts.
+        logging.getLogger("distributed").setLevel(pkg_level)
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = name.lower()
     logging.captureWarnings(True)
     return pkg
 

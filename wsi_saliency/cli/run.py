@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import signal
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 import yaml
@@ -18,8 +16,7 @@ from wsi_saliency.batch import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     BatchSummary,
-    discover_slides,
-    prepare_output_dir,
+    prepare_batch,
     run_batch,
 )
 from wsi_saliency.cli._logging import (
@@ -28,19 +25,9 @@ from wsi_saliency.cli._logging import (
     progress_enabled,
     setup_logging,
 )
-from wsi_saliency.config import (
-    BACKENDS,
-    METHODS,
-    PRECISIONS,
-    SMOOTHINGS,
-    RunConfig,
-    build_config,
-    load_config,
-)
+from wsi_saliency.cli.options import config_options, option_overrides
+from wsi_saliency.config import RunConfig, build_config, load_config
 from wsi_saliency.errors import ClusterError, MissingDependencyError, WsiSaliencyError
-
-if TYPE_CHECKING:
-    from wsi_saliency.models import LoadedModel
 
 __all__ = ["UsageFailure", "execute_batch", "parse_set_options", "run"]
 
@@ -82,24 +69,6 @@ def parse_set_options(items: Sequence[str]) -> dict[str, Any]:
             value = raw
         out[key.strip()] = value
     return out
-
-
-def _check_run(model: LoadedModel, config: RunConfig, *, demo: bool = False) -> None:
-    """Usage errors a slide would only find later (layer, target, device, overlap)."""
-    from wsi_saliency.worker import check_run
-
-    check_run(model, config)
-    if config.model.path is None and not demo:
-        logging.getLogger("wsi_saliency").warning(
-            "using the bundled demo model: it was trained on generated slides only and is not "
-            "a medical model; its outputs on real slides mean nothing (pass --model)"
-        )
-
-
-def _load_model(path: str | None, *, trust_code: bool = False) -> LoadedModel:
-    from wsi_saliency.models import load_model
-
-    return load_model(path, trust_code=trust_code)
 
 
 @contextlib.contextmanager
@@ -147,7 +116,11 @@ def execute_batch(
     yaml_dict: Mapping[str, Any] | None = None,
     demo: bool = False,
 ) -> tuple[BatchSummary, RunConfig]:
-    """Validate everything, load the model once, then run the batch.
+    """Read the configuration, prepare the batch, run it; errors before work exit 2.
+
+    The command-line shell around :func:`wsi_saliency.batch.prepare_batch` and
+    :func:`wsi_saliency.batch.run_batch`: progress bars, SIGTERM as an interrupt, and
+    usage errors as :class:`UsageFailure`.
 
     Parameters
     ----------
@@ -183,32 +156,23 @@ def execute_batch(
         if yaml_dict is None:
             yaml_dict = load_config(yaml_path) if yaml_path is not None else {}
         config = build_config(yaml_dict, overrides, source=yaml_path)
-        slides = discover_slides(inputs, exclude=[Path(os.path.abspath(out))])
-        if config.inference.scheduler is not None:
-            from wsi_saliency.cluster import require_distributed
-
-            require_distributed()
-        model = _load_model(config.model.path, trust_code=config.model.trust_code)
-        _check_run(model, config, demo=demo)
-        # only now, when nothing else can be wrong, is the output folder created
-        out_dir = prepare_output_dir(out)
+        prepared = prepare_batch(inputs, out, config, demo=demo)
     except (WsiSaliencyError, OSError) as exc:
         raise UsageFailure(str(exc)) from exc
     reporter = ProgressReporter(enabled=progress_enabled(quiet=quiet, log_format=log_format))
     with _sigterm_as_interrupt():
         try:
             summary = run_batch(
-                slides, out_dir, config, model, overwrite=overwrite, reporter=reporter
+                prepared.slides,
+                prepared.out_dir,
+                config,
+                prepared.model,
+                overwrite=overwrite,
+                reporter=reporter,
             )
         except (ClusterError, MissingDependencyError) as exc:  # raised before any slide ran
             raise UsageFailure(str(exc)) from exc
     return summary, config
-
-
-def _target(value: str | None) -> str | int | None:
-    if value is None:
-        return None
-    return int(value) if value.isdigit() else value
 
 
 @click.command(name="run")
@@ -227,52 +191,7 @@ def _target(value: str | None) -> str | int | None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="YAML run configuration; command-line options override it.",
 )
-@click.option("--model", "-m", default=None, help="Model directory [default: bundled demo model].")
-@click.option(
-    "--trust-model-code",
-    is_flag=True,
-    default=None,
-    help="Let the model folder run its own Python code ('file.py:callable' or "
-    "'package.module:callable' architectures). Only for model folders you trust.",
-)
-@click.option("--layer", default=None, help="Layer explained [default: the model's].")
-@click.option(
-    "--method",
-    type=click.Choice(METHODS),
-    default=None,
-    help="Saliency method; 'none' predicts only (no saliency outputs).",
-)
-@click.option("--smoothing", type=click.Choice(SMOOTHINGS), default=None, help="Smoothing hooks.")
-@click.option("--target", default=None, help="Class explained, name or index [default: tumour].")
-@click.option("--mpp", type=float, default=None, help="Level-0 um/px for every slide (override).")
-@click.option(
-    "--mpp-sidecar",
-    default=None,
-    help="Per-slide spacing file beside each slide [default: {stem}.mpp.json].",
-)
-@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Slide reader.")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [default: auto].")
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default=None,
-    help="Network precision: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), "
-    "fp32, bf16, fp16 (CUDA only) [default: auto].",
-)
-@click.option("--batch-size", type=int, default=None, help="Tiles per model batch [default: 32].")
-@click.option("--workers", type=int, default=None, help="Tile-reading workers [default: 2].")
-@click.option(
-    "--scheduler",
-    default=None,
-    metavar="ADDRESS",
-    help="Run slides on a Dask cluster: tcp://host:8786, or local:N worker processes "
-    "(one per GPU) [default: in this process].",
-)
-@click.option("--tile-size", type=int, default=None, help="Tile px [default: the model's].")
-@click.option("--spacing", type=float, default=None, help="Tile um/px [default: the model's].")
-@click.option("--overlap", type=float, default=None,
-              help="Tile overlap in [0, 1) [default: seam-free, 1/7 of a 224 px tile with a 14 x 14 map].")
-@click.option("--min-tissue", type=float, default=None, help="Min tissue fraction [default: 0.25].")
+@config_options("run")
 @click.option(
     "--set",
     "-s",
@@ -287,29 +206,12 @@ def run(
     inputs: tuple[str, ...],
     out: Path,
     config_path: Path | None,
-    model: str | None,
-    trust_model_code: bool | None,
-    layer: str | None,
-    method: str | None,
-    smoothing: str | None,
-    target: str | None,
-    mpp: float | None,
-    mpp_sidecar: str | None,
-    backend: str | None,
-    device: str | None,
-    precision: str | None,
-    batch_size: int | None,
-    workers: int | None,
-    scheduler: str | None,
-    tile_size: int | None,
-    spacing: float | None,
-    overlap: float | None,
-    min_tissue: float | None,
     sets: tuple[str, ...],
     overwrite: bool,
     quiet: bool,
     log_level: str | None,
     log_format: str,
+    **options: Any,
 ) -> None:
     """Run tumour inference and saliency on slides and write heatmaps.
 
@@ -322,27 +224,7 @@ def run(
     """
     setup_logging(log_level, log_format, quiet=quiet)
     overrides: dict[str, Any] = parse_set_options(sets)
-    options: dict[str, Any] = {
-        "model.path": model,
-        "model.trust_code": trust_model_code,
-        "model.layer": layer,
-        "model.method": method,
-        "model.smoothing": smoothing,
-        "model.target": _target(target),
-        "slide.mpp": mpp,
-        "slide.mpp_sidecar": mpp_sidecar,
-        "slide.backend": backend,
-        "inference.device": device,
-        "inference.precision": precision,
-        "inference.batch_size": batch_size,
-        "inference.workers": workers,
-        "inference.scheduler": scheduler,
-        "tiling.tile_size": tile_size,
-        "tiling.spacing": spacing,
-        "tiling.overlap": overlap,
-        "tiling.min_tissue": min_tissue,
-    }
-    overrides.update({k: v for k, v in options.items() if v is not None})
+    overrides.update(option_overrides(options))
     try:
         summary, _ = execute_batch(
             inputs,

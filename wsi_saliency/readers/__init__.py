@@ -13,13 +13,14 @@ Associated images (label, macro, thumbnail) and scanner properties are never exp
 
 from __future__ import annotations
 
-from wsi_saliency.readers._open import BACKENDS, open_slide
+from wsi_saliency.readers._open import BACKENDS, Backend, open_slide
 from wsi_saliency.readers.base import BaseSlideReader, SlideReader, composite_on_white
 from wsi_saliency.readers.mpp import require_mpp, resolve_mpp
 from wsi_saliency.readers.resample import resample_margin, resample_window
 
 __all__ = [
     "BACKENDS",
+    "Backend",
     "BaseSlideReader",
     "SlideReader",
     "composite_on_white",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal, get_args
 
 import numpy as np
 
@@ -29,10 +29,13 @@ from wsi_saliency.readers.tiffslide_backend import (
 )
 from wsi_saliency.types import SlideInfo
 
-__all__ = ["BACKENDS", "differences", "open_slide", "probe_windows"]
+__all__ = ["BACKENDS", "Backend", "differences", "open_slide", "probe_windows"]
 
-#: Backend names accepted by :func:`open_slide`.
-BACKENDS = ("auto", "openslide", "tiffslide", "pyvips")
+#: Backend names accepted by :func:`open_slide` (``slide.backend``): ``auto`` picks, per
+#: file, the fastest backend that reads the slide identically to its reference.
+Backend = Literal["auto", "openslide", "tiffslide", "pyvips"]
+#: Slide reader backends (``slide.backend``).
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 #: ``auto``: the reference backends, tried in this order; the first that opens the
 #: slide is its reference.

@@ -2,37 +2,30 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
 
-from wsi_saliency.readers.base import BaseSlideReader
-from wsi_saliency.types import SlideInfo
+from wsi_saliency.readers.handle import HandleSlideReader, handle_geometry, objective_power
 
 __all__ = ["OpenSlideReader", "open_openslide"]
 
 
-class OpenSlideReader(BaseSlideReader):
+class OpenSlideReader(HandleSlideReader):
     """A slide served by OpenSlide."""
 
-    def __init__(self, slide: object, info: SlideInfo) -> None:
-        super().__init__(info)
-        self._slide = slide
-
-    def _read_level_raw(
-        self, level: int, x: int, y: int, width: int, height: int
-    ) -> npt.NDArray[np.uint8]:
+    def level_location(self, level: int, x: int, y: int) -> tuple[int, int]:
+        """OpenSlide positions a level-k read at location / downsample (interpolating
+        fractional positions); with whole downsamples ``x * ds`` is exact."""
         ds = self._info.level_downsamples[level]
-        # OpenSlide positions a level-k read at location / downsample (interpolating
-        # fractional positions); with whole downsamples x * ds is exact.
-        loc = (round(x * ds), round(y * ds))
-        img = self._slide.read_region(loc, level, (width, height))  # type: ignore[attr-defined]
-        return np.asarray(img)
+        return round(x * ds), round(y * ds)
 
-    def _close(self) -> None:
-        self._slide.close()  # type: ignore[attr-defined]
+    def handle_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> npt.NDArray[np.uint8]:
+        """OpenSlide's RGBA PIL image as an array."""
+        return np.asarray(self._slide.read_region(location, level, size))  # type: ignore[attr-defined]
 
 
 def open_openslide(path: str) -> tuple[object, Mapping[str, str]]:
@@ -48,16 +41,9 @@ def open_openslide(path: str) -> tuple[object, Mapping[str, str]]:
 
 def openslide_geometry(slide: object) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...]]:
     """Level dimensions and downsamples."""
-    dims = tuple((int(w), int(h)) for w, h in slide.level_dimensions)  # type: ignore[attr-defined]
-    ds = tuple(float(d) for d in slide.level_downsamples)  # type: ignore[attr-defined]
-    return dims, ds
+    return handle_geometry(slide)
 
 
 def openslide_objective(props: Mapping[str, str]) -> float | None:
     """Objective power, when recorded."""
-    v = props.get("openslide.objective-power")
-    try:
-        f = float(v) if v not in (None, "") else None
-    except ValueError:
-        return None
-    return f if f is not None and math.isfinite(f) and f > 0 else None
+    return objective_power(props, "openslide.objective-power")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 from collections.abc import Iterator
 from typing import Any
@@ -16,11 +17,12 @@ from torch.utils.hooks import RemovableHandle
 from wsi_saliency.errors import ConfigError, SaliencyUnsupportedError
 from wsi_saliency.models import LoadedModel
 from wsi_saliency.models.surrogate_ref import check_surrogate
-from wsi_saliency.saliency.hooks import SMOOTHING_MODES, register_smoothing_hooks
+from wsi_saliency.saliency.choices import METHODS, SMOOTHING_MODES
+from wsi_saliency.saliency.device import resolve_device
+from wsi_saliency.saliency.hooks import register_smoothing_hooks
 from wsi_saliency.saliency.layers import LayerInfo, default_layer, get_layer, trace_layers
 from wsi_saliency.saliency.methods import (
     CAPTUM_METHODS,
-    METHODS,
     captum_layer_attribution,
     channel_attribution,
     reduce_channels,
@@ -32,11 +34,12 @@ from wsi_saliency.saliency.precision import (
 )
 from wsi_saliency.saliency.surrogate import SurrogateSet, load_surrogates, register_surrogates
 
-__all__ = ["ENGINE_SMOOTHINGS", "SaliencyEngine", "resolve_device"]
+__all__ = ["ENGINE_SMOOTHINGS", "SaliencyEngine", "prepared_module", "resolve_device"]
 
 #: Smoothing modes of the engine: the hooks' modes plus ``"bilinear"`` (the model
-#: folder's trained surrogates, :mod:`wsi_saliency.saliency.surrogate`).
-ENGINE_SMOOTHINGS: tuple[str, ...] = (*SMOOTHING_MODES, "bilinear")
+#: folder's trained surrogates, :mod:`wsi_saliency.saliency.surrogate`); the same tuple as
+#: :data:`wsi_saliency.saliency.choices.SMOOTHING_MODES`.
+ENGINE_SMOOTHINGS: tuple[str, ...] = SMOOTHING_MODES
 
 TileBatch = npt.NDArray[np.uint8] | torch.Tensor
 
@@ -47,23 +50,6 @@ _DEEPLIFT_NONLINEAR = frozenset({
 })
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """Turn ``"auto"`` / ``"cpu"`` / ``"cuda[:N]"`` / ``"mps"`` into a device that exists."""
-    if isinstance(device, torch.device):
-        dev = device
-    elif device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as exc:
-            raise ConfigError(f"device {device!r} is not a torch device; use 'auto', 'cpu' "
-                              "or 'cuda'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for but CUDA is not available; use 'cpu'")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {device!r} asked for but Apple MPS is not available; use 'cpu'")
-    return dev
 
 
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -72,6 +58,30 @@ def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     close = difflib.get_close_matches(str(value), allowed, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ConfigError(f"{what} {value!r} is not one of {list(allowed)}{hint}")
+
+
+def prepared_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The engine's own view of a model's module: a copy in eval mode, frozen, on ``device``.
+
+    Parameters
+    ----------
+    module
+        The caller's module (not changed).
+    device
+        Where the copy runs.
+
+    Returns
+    -------
+    torch.nn.Module
+        A deep copy (TorchScript modules included) with every parameter's
+        ``requires_grad`` off.
+    """
+    with torch.no_grad():  # copies of parameters are new leaves (TorchScript clones them)
+        view = copy.deepcopy(module)
+    view.eval()
+    for p in view.parameters():
+        p.requires_grad_(False)
+    return view.to(device)
 
 
 class SaliencyEngine:
@@ -88,8 +98,9 @@ class SaliencyEngine:
     Parameters
     ----------
     model
-        A loaded model. The engine puts its module in eval mode, freezes its parameters
-        and moves it to ``device``.
+        A loaded model. It is left untouched: the engine runs its own copy of the module
+        (:func:`prepared_module`: eval mode, frozen parameters, on ``device``), so the
+        caller's training flag, ``requires_grad`` and device stay as they were.
     layer
         Module path of the explained layer; ``None`` takes the model's
         ``saliency_layer``, else a stride-16 feature map (see
@@ -168,11 +179,7 @@ class SaliencyEngine:
         self._device = resolve_device(device)
         self._precision = resolve_precision(precision, self._device)
         self._target = self._resolve_target(target)
-        module = model.module
-        module.eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
-        module.to(self._device)
+        module = prepared_module(model.module, self._device)
         self._module = module
         self._mean = torch.tensor(spec.mean, device=self._device).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, device=self._device).view(1, 3, 1, 1)
@@ -212,6 +219,11 @@ class SaliencyEngine:
         self._stem = min(convs, key=lambda i: i.start).name if convs else None
 
     # ------------------------------------------------------------------ properties
+    @property
+    def module(self) -> torch.nn.Module:
+        """The engine's own copy of the model's module (eval mode, frozen, on its device)."""
+        return self._module
+
     @property
     def map_shape(self) -> tuple[int, int]:
         """``(h, w)`` of the saliency maps (the layer's resolution at the model input size).

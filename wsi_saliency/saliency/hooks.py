@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from wsi_saliency.errors import ConfigError
+from wsi_saliency.saliency.choices import HOOK_SMOOTHINGS, SMOOTHING_MODES
 
 __all__ = [
     "SMOOTHING_MODES",
@@ -51,8 +52,6 @@ __all__ = [
     "strided_convs",
 ]
 
-SMOOTHING_MODES: tuple[str, ...] = ("none", "backward-hook", "forward-hook")
-"""Accepted values of ``smoothing``."""
 
 
 def box_average(x: torch.Tensor, size: int = 2) -> torch.Tensor:
@@ -255,8 +254,8 @@ def register_smoothing_hooks(
     ConfigError
         Unknown ``mode``.
     """
-    if mode not in SMOOTHING_MODES:
-        raise ConfigError(f"smoothing {mode!r} is not one of {list(SMOOTHING_MODES)}")
+    if mode not in HOOK_SMOOTHINGS:
+        raise ConfigError(f"smoothing {mode!r} is not one of {list(HOOK_SMOOTHINGS)}")
     if mode == "none":
         return []
     handles: list[RemovableHandle] = []

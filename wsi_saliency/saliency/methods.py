@@ -28,6 +28,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from wsi_saliency.saliency.choices import METHODS
+
 __all__ = [
     "CAPTUM_METHODS",
     "METHODS",
@@ -37,14 +39,6 @@ __all__ = [
     "reduce_channels",
 ]
 
-METHODS: tuple[str, ...] = (
-    "gradient",
-    "gradient-x-activation",
-    "integrated-gradients",
-    "deeplift",
-    "grad-cam",
-)
-"""Accepted values of ``method``."""
 
 SINGLE_PASS_METHODS: frozenset[str] = frozenset({"gradient", "gradient-x-activation", "grad-cam"})
 CAPTUM_METHODS: frozenset[str] = frozenset({"integrated-gradients", "deeplift"})

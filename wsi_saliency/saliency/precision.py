@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from wsi_saliency.errors import ConfigError
+from wsi_saliency.saliency.device import resolve_device
 
 __all__ = [
     "FP16_GRAD_SCALE",
@@ -156,7 +157,6 @@ def precision_record(precision: str, device: str) -> dict[str, str | None]:
         cannot be decided here (e.g. a CUDA device that only the Dask workers have);
         every slide's ``run.json`` records the precision it ran in.
     """
-    from wsi_saliency.saliency.engine import resolve_device  # noqa: PLC0415 - avoid a cycle
 
     try:
         used: str | None = resolve_precision(precision, resolve_device(device))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "SURROGATE_FORMAT",
     "BilinearSurrogate",
     "SurrogateSet",
+    "TrainResult",
     "capture_conv_io",
     "conv_output_size",
     "load_surrogates",
@@ -422,3 +424,32 @@ def load_surrogates(path: str | Path, module: nn.Module, input_size: int) -> Sur
     for q in surrogates.parameters():
         q.requires_grad_(False)
     return surrogates
+
+
+@dataclass
+class TrainResult:
+    """Trained surrogates and how training went.
+
+    Parameters
+    ----------
+    surrogates
+        On the CPU, eval mode.
+    step_losses
+        Loss of every optimiser step (sum over layers of the mean L1).
+    epoch_losses
+        Mean step loss of every epoch.
+    seconds
+        Training time (summed over resumed sessions; sampling excluded).
+    device, precision
+        Where and how it ran.
+    resumed
+        True when training continued from a checkpoint.
+    """
+
+    surrogates: SurrogateSet
+    step_losses: list[float]
+    epoch_losses: list[float]
+    seconds: float
+    device: str
+    precision: str
+    resumed: bool = False

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -21,10 +21,7 @@ from wsi_saliency.errors import OutputError
 from wsi_saliency.models import LoadedModel
 from wsi_saliency.models.surrogate_ref import SURROGATE_MANIFEST, SURROGATE_WEIGHTS
 from wsi_saliency.models.weights import sha256_file
-from wsi_saliency.saliency.surrogate import save_surrogates
-
-if TYPE_CHECKING:
-    from wsi_saliency.saliency.surrogate_train import TrainResult
+from wsi_saliency.saliency.surrogate import TrainResult, save_surrogates
 
 __all__ = ["CARD_MD", "LOSS_PNG", "write_card", "write_surrogate_folder"]
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from wsi_saliency.errors import ConfigError
 from wsi_saliency.models import LoadedModel
 from wsi_saliency.saliency.engine import resolve_device
-from wsi_saliency.saliency.surrogate import SurrogateSet, capture_conv_io
+from wsi_saliency.saliency.surrogate import SurrogateSet, TrainResult, capture_conv_io
 from wsi_saliency.saliency.surrogate_fidelity import fidelity, tv_figures
 from wsi_saliency.saliency.surrogate_folder import write_card, write_surrogate_folder
 from wsi_saliency.saliency.surrogate_tiles import (
@@ -117,33 +117,6 @@ class TrainSettings:
                               "bfloat16")
 
 
-@dataclass
-class TrainResult:
-    """Trained surrogates and how training went.
-
-    Parameters
-    ----------
-    surrogates
-        On the CPU, eval mode.
-    step_losses
-        Loss of every optimiser step (sum over layers of the mean L1).
-    epoch_losses
-        Mean step loss of every epoch.
-    seconds
-        Training time (summed over resumed sessions; sampling excluded).
-    device, precision
-        Where and how it ran.
-    resumed
-        True when training continued from a checkpoint.
-    """
-
-    surrogates: SurrogateSet
-    step_losses: list[float]
-    epoch_losses: list[float]
-    seconds: float
-    device: str
-    precision: str
-    resumed: bool = False
 
 
 def _autocast(device: torch.device, precision: str) -> tuple[str, Any]:
