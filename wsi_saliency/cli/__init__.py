@@ -20,6 +20,7 @@ from wsi_saliency import __version__
 # Commands are imported under other names so that ``wsi_saliency.cli.run`` (etc.) stays
 # the submodule, not the click command (monkeypatching and ``import ... as`` rely on it).
 from wsi_saliency.cli.demo import demo as demo_command
+from wsi_saliency.cli.evaluate import evaluate as evaluate_command
 from wsi_saliency.cli.layers import layers as layers_command
 from wsi_saliency.cli.run import run as run_command
 from wsi_saliency.cli.tiles import tiles as tiles_command
@@ -37,6 +38,7 @@ cli.add_command(tiles_command)
 cli.add_command(layers_command)
 cli.add_command(run_command)
 cli.add_command(demo_command)
+cli.add_command(evaluate_command)
 
 
 def main() -> None:
