@@ -81,6 +81,7 @@ class EvaluationResult:
     device: str
     targets: npt.NDArray[np.int64]         # (n,) class explained for each tile
     positive: npt.NDArray[np.bool_]        # (n,) the explained class is the tile's top class
+    predicted: npt.NDArray[np.int64]       # (n,) top class of each tile (plain network)
     target: str                            # "predicted" or the fixed class name
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -327,7 +328,8 @@ def evaluate(
     return EvaluationResult(
         model=model, config=config, slides=samples, settings=tuple(results),
         agreement=agreement, seed=seed, steps=steps, device=str(device),
-        targets=targets, positive=plain_probs.argmax(axis=1) == targets, target="predicted" if predicted else model.spec.class_names[
+        targets=targets, positive=plain_probs.argmax(axis=1) == targets,
+        predicted=plain_probs.argmax(axis=1).astype(np.int64), target="predicted" if predicted else model.spec.class_names[
             target_index],
         timings={"check": round(t_check - t0, 3), "sample": round(t_sample - t_check, 3),
                  "evaluate": round(t_end - t_sample, 3), "total": round(t_end - t0, 3)},

@@ -165,6 +165,7 @@ def _payload(result: EvaluationResult) -> dict[str, Any]:
             "block_shape": s.block_shape if s.block is not None else None,
         } for s in result.slides],
         "targets": result.targets,
+        "predicted": result.predicted,
         "scored_tiles": scored_tiles(result),
         "settings": [_setting_json(r, scored_tiles(result)) for r in result.settings],
         "agreement_spearman": result.agreement,
@@ -294,10 +295,20 @@ def plot_sanity(result: EvaluationResult, path: Path, dpi: int = 90) -> Path:
 
 
 def plot_gallery(result: EvaluationResult, path: Path, dpi: int = 70) -> Path:
-    """A few tiles (spread over the sample) with the map of every setting."""
+    """A few tiles with the map of every setting: half scored (explained class on top), half not."""
     tiles = result.tiles
     n = len(tiles)
-    pick = np.unique(np.linspace(0, n - 1, min(_GALLERY_TILES, n)).round().astype(int))
+    scored = scored_tiles(result)
+    pos, neg = np.nonzero(scored)[0], np.nonzero(~scored)[0]
+
+    def spread(idx: npt.NDArray[np.intp], k: int) -> list[int]:
+        if k <= 0 or len(idx) == 0:
+            return []
+        return [int(idx[j]) for j in np.unique(np.linspace(0, len(idx) - 1, min(k, len(idx)))
+                                                .round().astype(int))]
+
+    first = spread(pos, (_GALLERY_TILES + 1) // 2 if len(neg) else _GALLERY_TILES)
+    pick = np.array(sorted(first + spread(neg, min(n, _GALLERY_TILES) - len(first))), int)
     cols = 1 + len(result.settings)
     fig = Figure(figsize=(1.6 * cols, 1.7 * len(pick) + 0.6), dpi=dpi)
     FigureCanvasAgg(fig)
@@ -305,7 +316,7 @@ def plot_gallery(result: EvaluationResult, path: Path, dpi: int = 70) -> Path:
     names = result.model.spec.class_names
     for i, k in enumerate(pick):
         axes[i, 0].imshow(tiles[k])
-        axes[i, 0].set_title(f"tile {k}: {names[int(result.targets[k])]}", fontsize=7)
+        axes[i, 0].set_title(f"tile {k}: {names[int(result.predicted[k])]}", fontsize=7)
         for j, r in enumerate(result.settings, start=1):
             m = r.maps[k]
             v = float(np.abs(m).max()) or 1.0
