@@ -15,6 +15,7 @@ from wsi_saliency import __version__
 # Commands are imported under other names so that ``wsi_saliency.cli.run`` (etc.) stays
 # the submodule, not the click command (monkeypatching and ``import ... as`` rely on it).
 from wsi_saliency.cli.demo import demo as demo_command
+from wsi_saliency.cli.evaluate import evaluate as evaluate_command
 from wsi_saliency.cli.layers import layers as layers_command
 from wsi_saliency.cli.qupath import qupath_script as qupath_script_command
 from wsi_saliency.cli.run import run as run_command
@@ -38,6 +39,7 @@ cli.add_command(demo_command)
 cli.add_command(score_command)
 cli.add_command(surrogate_command)
 cli.add_command(qupath_script_command)
+cli.add_command(evaluate_command)
 
 
 def main() -> None:

@@ -237,6 +237,11 @@ class SaliencyEngine:
         return self._map_shape
 
     @property
+    def stem(self) -> str | None:
+        """Module path of the stem convolution (the first to run; ``forward-hook`` leaves it)."""
+        return self._stem
+
+    @property
     def layer(self) -> str:
         """Module path of the explained layer (empty for prediction-only engines)."""
         return self._layer_name

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from wsi_saliency.batch.outdir import staged_folder
 from wsi_saliency.errors import OutputError
 from wsi_saliency.scoring.froc import roc_curve
 from wsi_saliency.scoring.score import RunScores, SlideScore
@@ -283,22 +281,16 @@ def write_report(scores: RunScores, out_dir: str | Path, *, overwrite: bool = Tr
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise OutputError(f"{out} exists; remove it or pass --overwrite")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        tmp.mkdir(parents=True)
-        (tmp / "scores.json").write_text(
-            json.dumps(to_jsonable(scores_dict(scores)), indent=2, allow_nan=False) + "\n",
-            encoding="utf-8",
-        )
-        _write_csvs(scores, tmp)
-        _plots(scores, tmp)
-        (tmp / "summary.md").write_text(summary_table(scores), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with staged_folder(out.parent, out.name) as tmp:  # the project's one atomic commit
+            (tmp / "scores.json").write_text(
+                json.dumps(to_jsonable(scores_dict(scores)), indent=2, allow_nan=False) + "\n",
+                encoding="utf-8",
+            )
+            _write_csvs(scores, tmp)
+            _plots(scores, tmp)
+            (tmp / "summary.md").write_text(summary_table(scores), encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"{out}: cannot write the scores ({exc})") from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
