@@ -17,7 +17,7 @@ from wsi_saliency.cli._logging import logging_options, progress_enabled, setup_l
 from wsi_saliency.cli.run import UsageFailure
 from wsi_saliency.config import BACKENDS, RunConfig, build_config, config_from_dict
 from wsi_saliency.errors import WsiSaliencyError
-from wsi_saliency.writers import RUN_JSON_FILENAME
+from wsi_saliency.run_record import RUN_JSON as RUN_JSON_FILENAME
 
 __all__ = ["RunInputs", "evaluate", "resolve_inputs"]
 

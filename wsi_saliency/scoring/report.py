@@ -29,7 +29,6 @@ from wsi_saliency.batch.outdir import staged_folder
 from wsi_saliency.errors import OutputError
 from wsi_saliency.scoring.froc import roc_curve
 from wsi_saliency.scoring.score import RunScores, SlideScore
-from wsi_saliency.writers.run_meta import to_jsonable
 
 __all__ = ["REPORT_FILES", "scores_dict", "summary_table", "write_report"]
 
@@ -277,6 +276,8 @@ def write_report(scores: RunScores, out_dir: str | Path, *, overwrite: bool = Tr
         The folder cannot be written, or exists and ``overwrite`` is False.
     """
     import json
+
+    from wsi_saliency.writers.run_meta import to_jsonable  # the writers import zarr: on use
 
     out = Path(out_dir)
     if out.exists() and not overwrite:
