@@ -484,3 +484,31 @@ def test_fidelity_of_a_reproducing_surrogate_is_perfect() -> None:
     fid = fidelity(loaded, s, _tiles(6, size=16))
     assert fid["top_class_agreement"] == 1.0 and fid["max_abs_dp"] < 1e-6
     assert fid["layers"]["down"]["l1"] < 1e-6
+
+
+def test_evaluate_scores_bilinear_through_the_surrogate_network(
+    demo_surrogate: Path, small_svs: Path
+) -> None:
+    """`evaluate --smoothing bilinear` scores perturbed tiles with the surrogate network (as
+    a run reports its probabilities), randomises a copy that keeps the surrogate, and leaves
+    the caller's model and the engine's hooks behind."""
+    from wsi_saliency.config import RunConfig
+    from wsi_saliency.evaluation.evaluate import evaluate
+    from wsi_saliency.evaluation.settings import Setting
+
+    model = load_model(demo_surrogate)
+    state = {k: v.clone() for k, v in model.module.state_dict().items()}
+    settings = [Setting(layer="layer3", method="gradient-x-activation", smoothing=s)
+                for s in ("backward-hook", "bilinear")]
+    result = evaluate(model, [small_svs], RunConfig(), settings, n_tiles=4, seed=0, steps=4,
+                      baselines=False, sanity=True)
+    by = {r.setting.smoothing: r for r in result.settings}
+    assert by["backward-hook"].probability_change is None
+    change = by["bilinear"].probability_change
+    # a 2-epoch surrogate: p changes (scored through the surrogates), by how much is untested
+    assert change is not None and 0 < change["max_abs_dp"] <= 1
+    assert not np.allclose(by["bilinear"].maps, by["backward-hook"].maps)
+    assert by["bilinear"].sanity is not None and len(by["bilinear"].sanity.steps) == 6
+    for k, v in state.items():
+        assert torch.equal(v, model.module.state_dict()[k]), k
+    assert _hook_count(model.module) == 0

@@ -150,7 +150,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
 @click.option("--method", default=None,
               help="Methods, comma-separated [default: the run's, else gradient-x-activation].")
 @click.option("--smoothing", default=None,
-              help=f"Smoothings, comma-separated [default: {ALL_SMOOTHINGS}].")
+              help=f"Smoothings, comma-separated [default: {ALL_SMOOTHINGS}, and bilinear "
+              "for a surrogate folder].")
 @click.option("--target", default=None,
               help="Class explained and scored, name or index, or 'predicted' (each tile's "
               "top class) [default: the run's / the model's tumour class].")
@@ -234,7 +235,8 @@ def evaluate(  # noqa: C901 - one flat list of options
         layers = [x for x in layers if x] or [""]
         methods = split_list(method) or [config.model.method if base
                                          else "gradient-x-activation"]
-        smoothings = split_list(smoothing) or split_list(ALL_SMOOTHINGS)
+        smoothings = split_list(smoothing) or (  # a surrogate folder adds its own setting
+            split_list(ALL_SMOOTHINGS) + (["bilinear"] if loaded.surrogate is not None else []))
         if layers == [""]:
             from wsi_saliency.saliency.layers import default_layer, trace_layers
 

@@ -107,14 +107,20 @@ def last_block(model: LoadedModel) -> str:
 
 
 class _Scorer:
-    """Class probabilities of normalised inputs, with forward-hook smoothing if asked."""
+    """Class probabilities of normalised inputs, with forward-hook smoothing if asked, or
+    through an engine's own network (``bilinear``: its surrogates stand in, as in a run)."""
 
-    def __init__(self, module: torch.nn.Module, smoothing: str, stem: str | None) -> None:
-        self._module = module
+    def __init__(self, module: torch.nn.Module, smoothing: str, stem: str | None,
+                 engine: SaliencyEngine | None = None) -> None:
+        self._engine = engine
+        self._module = engine.module if engine is not None else module
         self._mode = "forward-hook" if smoothing == "forward-hook" else "none"
         self._stem = stem
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._engine is not None:
+            with torch.inference_mode(), self._engine.prediction_network():
+                return torch.softmax(self._module(x).float(), dim=1)
         with torch.inference_mode(), smoothing_hooks(self._module, self._mode, stem=self._stem):
             return torch.softmax(self._module(x).float(), dim=1)
 
@@ -310,9 +316,12 @@ def evaluate(
         tick(n)
         seams = tuple(block_seam_ratio(bm, x.block_shape) if bm is not None else None
                       for bm, x in zip(block_maps, samples, strict=True))
-        scorer = _Scorer(work.module, s.smoothing, stem)
+        scorer = _Scorer(work.module, s.smoothing, stem,
+                         engine=engines.get(s, int(targets[0]) if n else target_index)
+                         if s.smoothing == "bilinear" and s.method != "random" else None)
         curves = _curves(scorer, checked[0], tiles, maps, targets, steps, batch, tick)
-        dp = probability_change(prob, plain_prob) if s.smoothing == "forward-hook" else None
+        changes = s.smoothing in ("forward-hook", "bilinear")  # they change the network
+        dp = probability_change(prob, plain_prob) if changes else None
         san = None
         if sanity and s.method != "random":
             san = _cascade(work, s, device, tiles, maps, targets, cascade, seed, batch, tick)

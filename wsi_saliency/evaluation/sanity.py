@@ -11,6 +11,7 @@ copy: the caller's model is never touched.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +31,9 @@ class RandomisationStep:
 
 
 def copy_model(model: LoadedModel) -> LoadedModel:
-    """A deep copy of the network with the same spec (the original stays as it is)."""
-    return LoadedModel(spec=model.spec, module=copy.deepcopy(model.module))
+    """A deep copy of the network with the same spec and surrogate reference (the original
+    stays as it is)."""
+    return dataclasses.replace(model, module=copy.deepcopy(model.module))
 
 
 def _has_params(m: nn.Module) -> bool:

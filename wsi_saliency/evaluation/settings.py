@@ -21,7 +21,8 @@ class Setting:
         Attribution method (``gradient-x-activation``, ``grad-cam``, ...), or
         ``"random"`` for the random-map baseline.
     smoothing
-        ``none``, ``backward-hook`` or ``forward-hook``.
+        ``none``, ``backward-hook``, ``forward-hook`` or ``bilinear`` (a surrogate
+        folder from ``wsi-saliency surrogate`` as the model).
     baseline
         True for the Grad-CAM and random baselines the evaluation adds.
     """

@@ -380,6 +380,12 @@ class SaliencyEngine:
                 np.zeros((0, h, w), np.float32))
 
     # ------------------------------------------------------------------ public
+    def prediction_network(self) -> contextlib.AbstractContextManager[None]:
+        """The network as :meth:`predict` runs it: inside this context :attr:`module` has the
+        forward-hook or bilinear smoothing applied (a no-op for the other modes); every hook
+        is removed on exit. For scoring perturbed inputs the way a run reports them."""
+        return self._forward_hooks()
+
     def predict(self, tiles: TileBatch) -> npt.NDArray[np.float32]:
         """Class probabilities ``(B, C)`` float32 of uint8 tiles ``(B, H, W, 3)``."""
         if len(tiles) == 0:
