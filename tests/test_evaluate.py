@@ -54,6 +54,18 @@ def test_evaluate_leaves_the_callers_model_untouched(rect_svs: Path) -> None:
             assert r.sanity.spearman.shape == (6, 2)
 
 
+def test_randomisation_recomputes_the_maps_at_every_step(demo_svs: Path) -> None:
+    """Each cascade step explains the newly randomised network (an engine runs its own copy
+    of the module, made when it is built: one kept across steps would see stale weights and
+    report rank correlation 1 throughout)."""
+    result = evaluate(load_model(None), [demo_svs], RunConfig(),
+                      settings_product(["layer3"], ["gradient-x-activation"], ["none"]),
+                      n_tiles=4, steps=2, baselines=False)
+    rho = result.settings[0].sanity.spearman  # (steps, tiles)
+    assert np.nanmean(rho[0]) > 0.95  # fc only: the layer3 maps hardly change
+    assert np.nanmean(rho[-1]) < 0.5  # everything: decorrelated
+
+
 def test_evaluate_result_shapes_and_determinism(rect_svs: Path) -> None:
     model = load_model(None)
     a = evaluate(model, [rect_svs], RunConfig(), _settings(), sanity=False, **FAST)

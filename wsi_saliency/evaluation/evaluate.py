@@ -379,10 +379,12 @@ def _cascade(
 ) -> SanityResult:
     """Cascading randomisation of a fresh copy of the (unrandomised) working network."""
     rand = copy_model(work)
-    engines = _Engines(rand, device)
     rho, rho_abs, sim = [], [], []
     for k, step in enumerate(cascade):
         randomise(rand.module, step.modules, seed + 1000 + k)
+        # fresh engines each step: an engine runs its own copy of the module, made when it
+        # is built, so one built before this step would not see the new random weights
+        engines = _Engines(rand, device)
         maps = _maps_by_class(engines, s, tiles, targets, batch)[1]
         rho.append(spearman(original, maps))
         rho_abs.append(spearman(np.abs(original), np.abs(maps)))
