@@ -42,13 +42,13 @@ import torch
 from wsi_saliency import synthetic
 from wsi_saliency.config import InferenceConfig, ModelConfig, RunConfig, resolve_model_defaults
 from wsi_saliency.models import LoadedModel, demo_model_dir, load_model
+from wsi_saliency.plan import plan_slide
 from wsi_saliency.readers import open_slide
 from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.saliency.engine import resolve_device
 from wsi_saliency.saliency.precision import cpu_has_native_bf16, resolve_precision
-from wsi_saliency.tiling import make_grid, read_tiles
-from wsi_saliency.tissue import detect_tissue
-from wsi_saliency.worker import run_slide
+from wsi_saliency.tiling import read_tiles
+from wsi_saliency.worker import check_run, heatmap_map_shape, run_slide
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_worker import resnet18_dir  # noqa: E402
@@ -57,13 +57,9 @@ from bench_worker import resnet18_dir  # noqa: E402
 def slide_tiles(model: LoadedModel, cfg: RunConfig, slide: Path) -> npt.NDArray[np.uint8]:
     """Every tile of the slide's grid, decoded (the job's grid)."""
     cfg = resolve_model_defaults(cfg, model.spec)
-    assert cfg.tiling.tile_size is not None and cfg.tiling.spacing is not None
+    map_shape = heatmap_map_shape(check_run(model, cfg))  # the job's grid, overlap resolved
     with open_slide(slide) as reader:
-        mask = detect_tissue(reader, spacing=cfg.tissue.spacing)
-        grid = make_grid(
-            reader.info, mask, tile_size=cfg.tiling.tile_size, spacing=cfg.tiling.spacing,
-            overlap=cfg.tiling.overlap, min_tissue=cfg.tiling.min_tissue,
-        )
+        grid = plan_slide(reader, cfg, map_shape=map_shape).grid
         return read_tiles(reader, grid, np.arange(len(grid)))
 
 

@@ -35,11 +35,11 @@ import torch
 from wsi_saliency import synthetic
 from wsi_saliency.config import InferenceConfig, RunConfig, resolve_model_defaults
 from wsi_saliency.models import LoadedModel, demo_model_dir, load_model
+from wsi_saliency.plan import plan_slide
 from wsi_saliency.readers import open_slide
 from wsi_saliency.saliency import SaliencyEngine
-from wsi_saliency.tiling import make_grid, read_tiles
-from wsi_saliency.tissue import detect_tissue
-from wsi_saliency.worker import run_slide
+from wsi_saliency.tiling import read_tiles
+from wsi_saliency.worker import check_run, heatmap_map_shape, run_slide
 
 
 def resnet18_dir(root: Path) -> Path:
@@ -80,13 +80,9 @@ def resnet18_dir(root: Path) -> Path:
 def model_alone(model: LoadedModel, cfg: RunConfig, slide: Path) -> tuple[float, int]:
     """Patches/s of engine.run on preloaded tiles (same grid as the slide job)."""
     cfg = resolve_model_defaults(cfg, model.spec)
-    assert cfg.tiling.tile_size is not None and cfg.tiling.spacing is not None
+    map_shape = heatmap_map_shape(check_run(model, cfg))  # the job's grid, overlap resolved
     with open_slide(slide) as reader:
-        mask = detect_tissue(reader, spacing=cfg.tissue.spacing)
-        grid = make_grid(
-            reader.info, mask, tile_size=cfg.tiling.tile_size, spacing=cfg.tiling.spacing,
-            overlap=cfg.tiling.overlap, min_tissue=cfg.tiling.min_tissue,
-        )
+        grid = plan_slide(reader, cfg, map_shape=map_shape).grid
         tiles = read_tiles(reader, grid, np.arange(len(grid)))
     engine = SaliencyEngine(
         model, layer=cfg.model.layer, method=cfg.model.method,
