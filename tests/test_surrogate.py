@@ -281,8 +281,8 @@ def test_tiles_are_split_evenly_across_slides() -> None:
 def test_bad_settings() -> None:
     with pytest.raises(ConfigError, match="--epochs"):
         TrainSettings(epochs=0).check()
-    with pytest.raises(ConfigError, match="bfloat16 needs a CUDA"):
-        train_surrogates(_tiny(), _tiles(2), TrainSettings(device="cpu", precision="bfloat16"))
+    with pytest.raises(ConfigError, match="bf16 needs a CUDA"):
+        train_surrogates(_tiny(), _tiles(2), TrainSettings(device="cpu", precision="bf16"))
 
 
 def test_saved_surrogates_round_trip_and_refuse_other_networks(tmp_path: Path) -> None:

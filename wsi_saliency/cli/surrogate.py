@@ -11,6 +11,8 @@ import click
 
 from wsi_saliency.cli._logging import logging_options, progress_enabled, setup_logging
 from wsi_saliency.cli.run import UsageFailure
+from wsi_saliency.readers import BACKENDS
+from wsi_saliency.saliency.choices import TRAIN_PRECISIONS
 
 __all__ = ["surrogate"]
 
@@ -39,13 +41,13 @@ EXIT_INTERRUPTED = 130
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the tile choice, the initialisation and the tile order.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
+@click.option("--precision", type=click.Choice(TRAIN_PRECISIONS), default="auto",
               show_default=True, help="auto: bfloat16 autocast on CUDA where supported.")
 @click.option("--min-tissue", type=float, default=0.5, show_default=True,
               help="Smallest tissue fraction of a sampled tile.")
 @click.option("--mpp", type=float, default=None,
               help="Level-0 um/px for every slide, overriding metadata.")
-@click.option("--backend", type=click.Choice(["auto", "openslide", "tiffslide"]),
+@click.option("--backend", type=click.Choice(BACKENDS),
               default="auto", show_default=True, help="Slide reader.")
 @click.option("--link-weights", is_flag=True,
               help="Reference the classifier weights by path and SHA-256 instead of copying.")

@@ -14,6 +14,7 @@ __all__ = [
     "METHODS",
     "PRECISIONS",
     "RUN_METHODS",
+    "TRAIN_PRECISIONS",
     "SMOOTHING_MODES",
     "HookSmoothing",
     "Method",
@@ -52,3 +53,6 @@ SMOOTHING_MODES: tuple[Smoothing, ...] = get_args(Smoothing)
 #: :func:`wsi_saliency.saliency.precision.resolve_precision`'s rule.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+#: ``wsi-saliency surrogate --precision``: the same names less ``fp16`` (training has no
+#: loss scaling).
+TRAIN_PRECISIONS: tuple[Precision, ...] = tuple(p for p in PRECISIONS if p != "fp16")

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from wsi_saliency.errors import ConfigError
 from wsi_saliency.models import LoadedModel
+from wsi_saliency.saliency.choices import TRAIN_PRECISIONS
 from wsi_saliency.saliency.engine import resolve_device
 from wsi_saliency.saliency.surrogate import SurrogateSet, TrainResult, capture_conv_io
 from wsi_saliency.saliency.surrogate_fidelity import fidelity, tv_figures
@@ -84,7 +85,7 @@ class TrainSettings:
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     precision
         ``"auto"`` (bfloat16 autocast on a CUDA device that supports it, else float32),
-        ``"float32"`` or ``"bfloat16"`` (CUDA only).
+        ``"fp32"`` or ``"bf16"`` (CUDA only): the names ``run --precision`` uses.
     checkpoint_every_s
         Seconds between checkpoints within an epoch (one is also written at the end of
         every epoch and when interrupted).
@@ -112,22 +113,21 @@ class TrainSettings:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        if self.precision not in ("auto", "float32", "bfloat16"):
-            raise ConfigError(f"--precision {self.precision!r} is not one of auto, float32, "
-                              "bfloat16")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ConfigError(f"--precision {self.precision!r} is not one of "
+                              f"{', '.join(TRAIN_PRECISIONS)}")
 
 
 
 
 def _autocast(device: torch.device, precision: str) -> tuple[str, Any]:
-    if precision == "float32" or device.type != "cuda":
-        if precision == "bfloat16":
-            raise ConfigError("--precision bfloat16 needs a CUDA device; use float32 on the "
-                              "CPU")
+    if precision == "fp32" or device.type != "cuda":
+        if precision == "bf16":
+            raise ConfigError("--precision bf16 needs a CUDA device; use fp32 on the CPU")
         return "float32", contextlib.nullcontext
     if not torch.cuda.is_bf16_supported():
-        if precision == "bfloat16":
-            raise ConfigError("this GPU does not support bfloat16; use --precision float32")
+        if precision == "bf16":
+            raise ConfigError("this GPU does not support bfloat16; use --precision fp32")
         return "float32", contextlib.nullcontext
     return "bfloat16", lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
