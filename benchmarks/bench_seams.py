@@ -7,9 +7,11 @@ process so that the runtime ratios compare like with like:
 * ``before``: the previous defaults - overlap 0, ``uniform`` blend and the paper's
   zero-padded backward-hook box (``border_aware=False``);
 * ``after``: the current defaults - the seam-free overlap (1/7 of a 224 px tile), the
-  ``hann`` blend and the border-aware backward hook;
-* ``after, overlap 0``: the border-aware hook alone;
-* ``overlap 3/14`` and ``overlap 0.5`` (the old demo setting) for reference.
+  ``reliability`` blend (window and border gain from the measured border profile,
+  :mod:`wsi_saliency.border`) and the border-aware backward hook;
+* ``after, overlap 0``: the border-aware hook and the border gain alone;
+* ``previous default``: overlap 1/7 with the ``hann`` blend (no border gain);
+* ``overlap 0.5`` with either blend (``hann`` at 0.5 was the old demo setting).
 
 For each it prints the seam ratio of the stitched saliency (magnitude and TV on the
 stride cells of the tile grid, as recorded in ``run.json``; 1.0 = no seams, goal
@@ -70,8 +72,10 @@ SETTINGS: list[tuple[str, dict[str, Any], bool]] = [
                                                  "output": {"blend": "uniform"}}, False),
     ("after (defaults)", {}, True),
     ("after, overlap 0", {"tiling": {"overlap": 0.0}}, True),
-    ("overlap 3/14, hann", {"tiling": {"overlap": 3 / 14}}, True),
-    ("overlap 0.5, hann (old demo)", {"tiling": {"overlap": 0.5}}, True),
+    ("previous default (overlap 1/7, hann)", {"output": {"blend": "hann"}}, True),
+    ("overlap 0.5, reliability", {"tiling": {"overlap": 0.5}}, True),
+    ("overlap 0.5, hann (old demo)", {"tiling": {"overlap": 0.5},
+                                      "output": {"blend": "hann"}}, True),
 ]
 
 

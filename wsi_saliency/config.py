@@ -270,8 +270,11 @@ class OutputConfig(_Section):
         Fixed ``(vmin, vmax)`` display range of saliency in ``overlay.png`` for a cohort;
         ``None`` scales each slide by robust percentiles (recorded in ``run.json``).
     blend
-        How overlapping tiles are merged: ``"uniform"`` or ``"hann"`` (the default: with
-        the seam-free overlap it hides the tiles' borders).
+        How overlapping tiles are merged: ``"reliability"`` (the default: a cross-fade
+        weighted by the border profile measured on the slide's own tiles, and the dim
+        border rows of every saliency map rescaled to the interior level, see
+        :mod:`wsi_saliency.border`; with the seam-free overlap it hides the tiles'
+        borders), ``"hann"`` or ``"uniform"`` (plain average).
     class_names
         ``{model class: QuPath class}`` for the GeoJSON classifications; ``None`` maps the
         tumour class to QuPath's built-in ``Tumor`` and others to built-ins by name.
@@ -284,7 +287,7 @@ class OutputConfig(_Section):
     SECTION: ClassVar[str] = "output"
     threshold: float = 0.5
     saliency_range: tuple[float, float] | None = None
-    blend: Blend = "hann"
+    blend: Blend = "reliability"
     class_names: dict[str, str] | None = None
     geojson_compression: GeojsonCompression = "none"
     min_region_um2: float = 0.0

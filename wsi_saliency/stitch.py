@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
+from wsi_saliency.border import BorderProfile, reliability_window
 from wsi_saliency.errors import ConfigError, OutputError, StitchError
 from wsi_saliency.types import BatchResult, TileGrid
 
@@ -75,22 +76,28 @@ __all__ = [
     "heatmap_pixel_size",
 ]
 
-Blend = Literal["uniform", "hann"]
+Blend = Literal["uniform", "hann", "reliability"]
 #: Names accepted by ``blend`` (``output.blend``).
 BLENDS: tuple[Blend, ...] = get_args(Blend)
 
 _EPS = 1e-9
 
 
-def blend_window(blend: str, shape: tuple[int, int]) -> npt.NDArray[np.float32]:
+def blend_window(blend: str, shape: tuple[int, int], *, overlap: int = 0,
+                 profile: BorderProfile | None = None) -> npt.NDArray[np.float32]:
     """Return the per-pixel weight of one tile map.
 
     Parameters
     ----------
     blend
-        ``"uniform"`` (all ones) or ``"hann"`` (``sin^2(pi (u + 0.5) / n)`` separable).
+        ``"uniform"`` (all ones), ``"hann"`` (``sin^2(pi (u + 0.5) / n)`` separable) or
+        ``"reliability"`` (:func:`wsi_saliency.border.reliability_window`).
     shape
         ``(h, w)`` of the map.
+    overlap
+        ``"reliability"`` only: map pixels shared by neighbouring tiles.
+    profile
+        ``"reliability"`` only: the measured border profile (``None``: ramp alone).
 
     Returns
     -------
@@ -109,6 +116,8 @@ def blend_window(blend: str, shape: tuple[int, int]) -> npt.NDArray[np.float32]:
         wy = np.sin(np.pi * (np.arange(h) + 0.5) / h) ** 2
         wx = np.sin(np.pi * (np.arange(w) + 0.5) / w) ** 2
         return np.outer(wy, wx).astype(np.float32)
+    if blend == "reliability":
+        return reliability_window((h, w), overlap, profile)
     raise ConfigError(
         f"unknown blend {blend!r}: use one of {', '.join(repr(b) for b in BLENDS)} "
         "(output.blend via --set or the config)"
@@ -251,7 +260,7 @@ class StitchedHeatmaps:
     tumor_class
         Index of the tumour class in ``class_names``.
     blend
-        Blend used (``"uniform"`` or ``"hann"``).
+        Blend used (``"uniform"``, ``"hann"`` or ``"reliability"``).
     tiles
         Per-tile results (:class:`TileStats`).
     chunk_size
@@ -316,7 +325,12 @@ class Stitcher:
     class_names
         Class names of the model (``BatchResult.probabilities`` columns).
     blend
-        ``"uniform"`` (default, plain average) or ``"hann"`` (smooth window).
+        ``"uniform"`` (default, plain average), ``"hann"`` (smooth window) or
+        ``"reliability"`` (ramp x measured border profile, and the border gain on the
+        saliency channel: :mod:`wsi_saliency.border`).
+    border
+        ``"reliability"`` only: the border profile measured on this slide's tile maps
+        (``None``: the ramp window alone, no gain).
     tumor_class
         Index of the tumour class (channel 0).
     extra_maps
@@ -350,16 +364,22 @@ class Stitcher:
         class_names: Sequence[str],
         *,
         blend: str = "uniform",
+        border: BorderProfile | None = None,
         tumor_class: int = 1,
         extra_maps: Sequence[str] = (),
         saliency: bool = True,
         chunk_size: int = 512,
         cache_chunks: int = 32,
     ) -> None:
-        self._window = blend_window(blend, (int(map_shape[0]), int(map_shape[1])))
         self._pixel_size = heatmap_pixel_size(grid, map_shape)
         self._m = int(map_shape[0])
         self._step = _check_stride(grid, self._m)
+        mh, mw = int(map_shape[0]), int(map_shape[1])
+        self._window = blend_window(blend, (mh, mw), overlap=max(self._m - self._step, 0),
+                                    profile=border)
+        # the border gain multiplies the saliency channel only (1.0 inside every tile)
+        self._gain = (border.gain() if blend == "reliability" and border is not None
+                      and len(border.rows) == mh and len(border.cols) == mw else None)
         names = tuple(str(c) for c in class_names)
         if len(names) < 1:
             raise ConfigError("class_names is empty: the model must name its classes")
@@ -573,7 +593,7 @@ class Stitcher:
         block[:, 0] = probs[:, self._prob_order[0], None, None] * win
         first = 1
         if self._saliency:
-            block[:, 1] = maps * win
+            block[:, 1] = maps * (win if self._gain is None else win * self._gain)
             first = 2
         for j, ci in enumerate(self._prob_order[1:]):
             block[:, first + j] = probs[:, ci, None, None] * win

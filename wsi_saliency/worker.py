@@ -25,6 +25,7 @@ import numpy.typing as npt
 import torch
 
 from wsi_saliency import __version__
+from wsi_saliency.border import BorderProfile, CalibratingStitcher
 from wsi_saliency.config import RunConfig, config_hash, resolve_model_defaults
 from wsi_saliency.finite import finite_tiles
 from wsi_saliency.inputs import model_fingerprint, slide_fingerprint
@@ -273,15 +274,22 @@ def run_slide(
         grid, mask = plan.grid, plan.mask
         scratch = out_dir / ".scratch.zarr"
         explain = engine.method is not None
-        stitcher = Stitcher(
-            scratch,
-            grid,
-            heatmap_map_shape(engine),
-            model.spec.class_names,
-            blend=config.output.blend,
-            tumor_class=model.spec.tumor_class,
-            saliency=explain,
-        )
+
+        def make_stitcher(border: BorderProfile | None) -> Stitcher:
+            return Stitcher(
+                scratch,
+                grid,
+                heatmap_map_shape(engine),
+                model.spec.class_names,
+                blend=config.output.blend,
+                border=border,
+                tumor_class=model.spec.tumor_class,
+                saliency=explain,
+            )
+
+        # the reliability blend measures the tiles' border profile on the first tiles
+        stitcher = CalibratingStitcher(
+            make_stitcher, calibrate=explain and config.output.blend == "reliability")
         log.info(
             "%s: %d tiles of %d px at %.3g um/px (level %d), layer %s, %s + %s on %s (%s)",
             slide_path.name, len(grid), tile_size, spacing, grid.level, engine.layer,
@@ -305,7 +313,7 @@ def run_slide(
                 progress(n_done, len(grid))
         watch.timings["inference"] = time.perf_counter() - t_inf
         with watch.stage("finalize"):
-            heatmaps = stitcher.finalize()
+            heatmaps = stitcher.finish().finalize()
         seams = None
         if explain:
             with watch.stage("seams"):
@@ -366,7 +374,9 @@ def run_slide(
         },
         # seam ratio of the stitched saliency map (1.0 = no tile grid visible; see
         # wsi_saliency.saliency.seams): magnitude and TV at tile borders vs interiors
-        seams=seams.as_dict() if seams is not None else {},
+        seams=({**seams.as_dict(), "border": (stitcher.profile.as_dict()
+                                              if stitcher.profile is not None else None)}
+               if seams is not None else {}),
         nonfinite={
             "tiles_left_out": n_nonfinite,
             "geojson_measurements_omitted": count_omitted_measurements(heatmaps),

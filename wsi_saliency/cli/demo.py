@@ -42,10 +42,10 @@ def demo_config() -> dict[str, Any]:
     """
     return {
         "model": {"path": None, "method": "gradient-x-activation", "smoothing": "backward-hook"},
-        "tiling": {"overlap": 0.5, "min_tissue": 0.25},
+        "tiling": {"overlap": None, "min_tissue": 0.25},
         "tissue": {"method": "otsu", "spacing": 8.0},
         "inference": {"device": "auto", "batch_size": 32, "workers": 2},
-        "output": {"threshold": 0.5, "blend": "hann"},
+        "output": {"threshold": 0.5, "blend": "reliability"},
     }
 
 
