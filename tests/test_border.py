@@ -145,6 +145,26 @@ def test_reliability_blend_keeps_tile_interiors_bitwise(tmp_path: Path) -> None:
     np.testing.assert_allclose(tile, maps[0] * profile.gain(), rtol=1e-6)
 
 
+def test_probability_channels_do_not_depend_on_the_profile(tmp_path: Path) -> None:
+    """The profile weights the saliency channel only: probabilities stitched with it
+    equal those of a prediction-only stitcher (``--method none``) on the same grid."""
+    grid = _grid(4, 12)
+    n = len(grid)
+    maps = _maps(n, seed=3).astype(np.float32)
+    probs = np.random.default_rng(0).dirichlet((1, 1), n).astype(np.float32)
+    profile = measure_border_profile(maps)
+    with_sal = Stitcher(tmp_path / "a", grid, (M, M), ["n", "t"], blend="reliability",
+                        border=profile)
+    with_sal.add(BatchResult(indices=np.arange(n), probabilities=probs, maps=maps))
+    none = Stitcher(tmp_path / "b", grid, (M, M), ["n", "t"], blend="reliability",
+                    saliency=False)
+    none.add(BatchResult(indices=np.arange(n), probabilities=probs, maps=None))
+    a, b = np.asarray(with_sal.finalize().heatmap), np.asarray(none.finalize().heatmap)
+    assert a.shape[0] == 3 and b.shape[0] == 2
+    np.testing.assert_allclose(a[[0, 2]], b, rtol=1e-6)
+    assert not np.allclose(a[1], _stitch(tmp_path / "c", "reliability", maps, grid, None))
+
+
 def _batch(start: int, n: int, value: float) -> BatchResult:
     idx = np.arange(start, start + n)
     maps = np.full((n, M, M), value, np.float32)

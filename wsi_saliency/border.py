@@ -108,7 +108,7 @@ class BorderProfile:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict: profile and gains rounded to 3 decimals, and the tile count."""
-        def r(v: Sequence[float]) -> list[float]:
+        def r(v: Sequence[float] | npt.NDArray[np.float64]) -> list[float]:
             return [round(float(x), 3) for x in v]
 
         return {"tiles": self.n_tiles, "rows": r(self.rows), "cols": r(self.cols),

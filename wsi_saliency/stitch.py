@@ -375,11 +375,18 @@ class Stitcher:
         self._m = int(map_shape[0])
         self._step = _check_stride(grid, self._m)
         mh, mw = int(map_shape[0]), int(map_shape[1])
-        self._window = blend_window(blend, (mh, mw), overlap=max(self._m - self._step, 0),
-                                    profile=border)
-        # the border gain multiplies the saliency channel only (1.0 inside every tile)
-        self._gain = (border.gain() if blend == "reliability" and border is not None
-                      and len(border.rows) == mh and len(border.cols) == mw else None)
+        overlap_px = max(self._m - self._step, 0)
+        self._window = blend_window(blend, (mh, mw), overlap=overlap_px)
+        # reliability with a measured profile: the saliency channel has its own window
+        # (ramp x profile, accumulated in a hidden last channel of ``sum``) and the border
+        # gain (1.0 inside every tile); the probability channels keep the ramp, so they
+        # are the same with and without saliency
+        calibrated = (blend == "reliability" and saliency and border is not None
+                      and len(border.rows) == mh and len(border.cols) == mw)
+        self._sal_window = (blend_window(blend, (mh, mw), overlap=overlap_px, profile=border)
+                            if calibrated else None)
+        self._sal_gained = (self._sal_window * border.gain()
+                            if self._sal_window is not None and border is not None else None)
         names = tuple(str(c) for c in class_names)
         if len(names) < 1:
             raise ConfigError("class_names is empty: the model must name its classes")
@@ -411,6 +418,7 @@ class Stitcher:
             raise ConfigError(f"heatmap channel names {list(channels)} clash: rename extra_maps")
         self._channels = channels
         self._n_ch = len(channels)
+        self._n_sum = self._n_ch + (self._sal_window is not None)  # + hidden weight channel
         self._chunk = int(chunk_size)
         self._cache_max = int(cache_chunks)
 
@@ -435,8 +443,8 @@ class Stitcher:
         cs = self._chunk
         self._sum = self._group.create_array(
             "sum",
-            shape=(self._n_ch, h, w),
-            chunks=(self._n_ch, cs, cs),
+            shape=(self._n_sum, h, w),
+            chunks=(self._n_sum, cs, cs),
             dtype="float32",
             fill_value=0.0,
         )
@@ -589,11 +597,15 @@ class Stitcher:
 
         # weighted blocks (B, C, m, m) built for the whole batch at once
         win = self._window
-        block = np.empty((b, self._n_ch, m, m), dtype=np.float32)
+        block = np.empty((b, self._n_sum, m, m), dtype=np.float32)
         block[:, 0] = probs[:, self._prob_order[0], None, None] * win
         first = 1
         if self._saliency:
-            block[:, 1] = maps * (win if self._gain is None else win * self._gain)
+            if self._sal_window is None or self._sal_gained is None:
+                block[:, 1] = maps * win
+            else:
+                block[:, 1] = maps * self._sal_gained
+                block[:, -1] = self._sal_window
             first = 2
         for j, ci in enumerate(self._prob_order[1:]):
             block[:, first + j] = probs[:, ci, None, None] * win
@@ -662,8 +674,11 @@ class Stitcher:
                     continue  # stays at fill value NaN, nothing written
                 covered += n_pos
                 s = np.asarray(self._sum[:, y0:y1, x0:x1])
-                out = np.full(s.shape, np.nan, dtype=np.float32)
-                np.divide(s, wt, out=out, where=pos[None])
+                out = np.full((self._n_ch, *s.shape[1:]), np.nan, dtype=np.float32)
+                np.divide(s[: self._n_ch], wt, out=out, where=pos[None])
+                if self._sal_window is not None:  # the saliency channel's own weights
+                    out[1] = np.nan
+                    np.divide(s[1], s[-1], out=out[1], where=pos & (s[-1] > 0))
                 heat[:, y0:y1, x0:x1] = out
         self._group.attrs.update(
             {
