@@ -15,10 +15,18 @@ batch size and torch threads, prints in one run:
 * the accuracy guard of the precision used against fp32 NCHW on the same tiles:
   max |dp| (goal <= 0.01) and Pearson correlation of the saliency maps (goal >= 0.99).
 
+For the jobs it also prints where the time went (``SlideResult.timings``: ``model`` is
+the engine's calls in the main thread, ``inference`` the whole tile loop, so
+``inference - model - stitch`` is time spent waiting for the reader threads), the reader
+threads and the decode path used. ``--slide-scale SX,SY`` scales the demo slide (and its
+tissue) so that the fixed per-slide costs do not dominate (``2.6667,3`` gives the
+16,384 x 12,288 px slide of issue 12).
+
 Usage::
 
-    .venv/bin/python benchmarks/bench_throughput.py [--batch-size 32] [--workers 2]
+    .venv/bin/python benchmarks/bench_throughput.py [--batch-size 32] [--workers auto]
         [--device cpu] [--precision auto] [--models resnet18,demo] [--max-tiles 256]
+        [--slide-scale 1,1]
 """
 
 from __future__ import annotations
@@ -97,15 +105,47 @@ def engine_run(engine: SaliencyEngine, tiles: npt.NDArray[np.uint8], bs: int
 
 
 def job(model: LoadedModel, cfg: RunConfig, slide: Path, root: Path) -> tuple[float, int, str]:
-    """Whole-job patches/s (wall time of run_slide), tiles, precision used."""
+    """Whole-job patches/s (wall time of run_slide), tiles, precision used; prints where
+    the time went."""
     import json
 
     out = Path(tempfile.mkdtemp(dir=root))
     t = time.perf_counter()
     res = run_slide(slide, model, cfg, out)
     total = time.perf_counter() - t
-    run = json.loads((out / "run.json").read_text())
-    return res.n_tiles / total, res.n_tiles, str(run["inference"]["precision"])
+    inf = json.loads((out / "run.json").read_text())["inference"]
+    tm = res.timings
+    wait = tm.get("inference", 0.0) - tm.get("model", 0.0) - tm.get("stitch", 0.0)
+    rest = {k: v for k, v in tm.items() if k not in ("model", "stitch", "inference", "total")}
+    print(f"    time {total:.1f} s: model {tm.get('model', 0.0):.1f}, stitch "
+          f"{tm.get('stitch', 0.0):.2f}, waiting for tiles {wait:.2f}, "
+          + ", ".join(f"{k} {v:.2f}" for k, v in rest.items())
+          + f"; {inf['workers']} reader threads, decode {inf['decode']['used']}, "
+          f"{inf['batchnorms_folded']} batch norms folded")
+    return res.n_tiles / total, res.n_tiles, str(inf["precision"])
+
+
+def scaled_demo_slide(path: Path, sx: float, sy: float) -> Path:
+    """The demo slide with its size and tissue scaled by ``(sx, sy)``."""
+    spec = synthetic.demo_slide_spec()
+
+    def scale(polys: tuple[tuple[tuple[float, float], ...], ...]
+              ) -> tuple[tuple[tuple[float, float], ...], ...]:
+        return tuple(tuple((x * sx, y * sy) for x, y in p) for p in polys)
+
+    spec = dataclasses.replace(spec, width=round(spec.width * sx),
+                               height=round(spec.height * sy), tissue=scale(spec.tissue),
+                               tumour=scale(spec.tumour))
+    return synthetic.write_slide(spec, path, kind="svs", compression="jpeg")
+
+
+def engine_run_predict(engine: SaliencyEngine, tiles: npt.NDArray[np.uint8], bs: int) -> float:
+    """Patches/s of prediction only."""
+    engine.predict(tiles[:bs])  # warm-up
+    t = time.perf_counter()
+    for s in range(0, len(tiles), bs):
+        engine.predict(tiles[s : s + bs])
+    return len(tiles) / (time.perf_counter() - t)
 
 
 def guard(p_ref: npt.NDArray[np.float32], m_ref: npt.NDArray[np.float32],
@@ -119,13 +159,17 @@ def guard(p_ref: npt.NDArray[np.float32], m_ref: npt.NDArray[np.float32],
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", default="auto", help="reader threads or auto")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--models", default="resnet18,demo")
     ap.add_argument("--max-tiles", type=int, default=256,
                     help="tiles for the in-memory loops (baseline, engine, guard)")
+    ap.add_argument("--slide-scale", default="1,1",
+                    help="SX,SY: scale the demo slide (2.6667,3: 16,384 x 12,288 px)")
     args = ap.parse_args()
+    sx, sy = (float(v) for v in args.slide_scale.split(","))
+    workers: int | str = int(args.workers) if args.workers.isdigit() else args.workers
 
     device = resolve_device(args.device)
     used = resolve_precision(args.precision, device)
@@ -135,12 +179,15 @@ def main() -> None:
     bs = args.batch_size
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        slide = synthetic.write_demo_slide(root / "demo.svs")
+        slide = (synthetic.write_demo_slide(root / "demo.svs") if (sx, sy) == (1.0, 1.0)
+                 else scaled_demo_slide(root / "demo.svs", sx, sy))
+        with open_slide(slide) as r:
+            print(f"slide {r.info.dimensions[0]} x {r.info.dimensions[1]} px")
         dirs = {"demo": demo_model_dir()}
         if "resnet18" in args.models:
             dirs["resnet18"] = resnet18_dir(root)
         cfg = RunConfig(
-            inference=InferenceConfig(device=args.device, batch_size=bs, workers=args.workers,
+            inference=InferenceConfig(device=args.device, batch_size=bs, workers=workers,  # type: ignore[arg-type]
                                       precision=args.precision)
         )
         for name in args.models.split(","):
@@ -164,14 +211,23 @@ def main() -> None:
                 except ValueError:
                     pass
             for prec, cl in variants:
-                eng = SaliencyEngine(model, method="gradient-x-activation", device=device,
-                                     precision=prec, channels_last=cl)
-                r, p, m = engine_run(eng, tiles, bs)
-                dp, pr = guard(p_ref, m_ref, p, m)
-                ok = "holds" if dp <= 0.01 and pr >= 0.99 else "FAILS"
-                print(f"  engine {prec} {'channels-last' if eng.channels_last else 'NCHW':13s} "
-                      f"predict + saliency : {r:8.1f} patches/s ({r / base:.2f}x)  "
-                      f"guard: max|dp| {dp:.2e}, saliency r {pr:.5f} ({ok})")
+                for fold in (True, False):
+                    eng = SaliencyEngine(model, method="gradient-x-activation", device=device,
+                                         precision=prec, channels_last=cl, fold_bn=fold)
+                    r, p, m = engine_run(eng, tiles, bs)
+                    dp, pr = guard(p_ref, m_ref, p, m)
+                    ok = "holds" if dp <= 0.01 and pr >= 0.99 else "FAILS"
+                    layout = "channels-last" if eng.channels_last else "NCHW"
+                    bn = "BN folded" if fold else "BN kept  "
+                    print(f"  engine {prec} {layout:13s} {bn} predict + saliency : {r:8.1f} "
+                          f"patches/s ({r / base:.2f}x)  guard: max|dp| {dp:.2e}, saliency r "
+                          f"{pr:.5f} ({ok})")
+                    if prec == "fp32":
+                        break  # fp32 channels-last: folded only
+            pe = SaliencyEngine(model, method=None, device=device, precision=used)
+            r = engine_run_predict(pe, tiles, bs)
+            print(f"  engine {used} predict only (inference_mode)      : {r:8.1f} patches/s "
+                  f"({r / base:.2f}x)")
             model.module.to(memory_format=torch.contiguous_format)
             sal, n, prec_used = job(model, cfg, slide, root)
             print(f"  whole job, saliency ({prec_used}, {n} tiles)       : {sal:8.1f} patches/s "
@@ -180,6 +236,8 @@ def main() -> None:
             pred, n, prec_used = job(model, none_cfg, slide, root)
             print(f"  whole job, --method none ({prec_used})        : {pred:8.1f} patches/s "
                   f"= {pred / base:.2f}x baseline (goal >= 2.5x)")
+            base2 = baseline(model, tiles, bs, device)
+            print(f"  baseline again (load drift check)             : {base2:8.1f} patches/s")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from wsi_saliency.config import (
     build_config,
     config_keys,
 )
+from wsi_saliency.prefetch import DECODES
 from wsi_saliency.readers import BACKENDS
 from wsi_saliency.saliency.choices import PRECISIONS, RUN_METHODS, SMOOTHING_MODES
 from wsi_saliency.stitch import BLENDS
@@ -68,6 +69,7 @@ def test_each_choice_is_the_owners_tuple() -> None:
     assert config_mod.SMOOTHINGS is SMOOTHING_MODES
     assert config_mod.BLENDS is BLENDS
     assert config_mod.TISSUE_METHODS is TISSUE_METHODS
+    assert config_mod.DECODES is DECODES
     literal_fields = {
         f"{section.name}.{name}": typing.get_args(hint)
         for section in dataclasses.fields(RunConfig)
@@ -80,6 +82,7 @@ def test_each_choice_is_the_owners_tuple() -> None:
         "model.method": RUN_METHODS,
         "model.smoothing": SMOOTHING_MODES,
         "inference.precision": PRECISIONS,
+        "inference.decode": DECODES,
         "output.blend": BLENDS,
         "output.geojson_compression": config_mod.GEOJSON_COMPRESSIONS,
     }

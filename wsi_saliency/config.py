@@ -50,6 +50,7 @@ from typing import Any, ClassVar, Literal, Protocol, get_args
 import yaml
 
 from wsi_saliency.errors import ConfigError, WsiSaliencyWarning
+from wsi_saliency.prefetch import DECODES, Decode, Workers
 from wsi_saliency.readers import BACKENDS, Backend
 from wsi_saliency.saliency.choices import (
     PRECISIONS,
@@ -65,6 +66,7 @@ from wsi_saliency.tissue import TISSUE_METHODS, TissueMethod
 __all__ = [
     "BACKENDS",
     "BLENDS",
+    "DECODES",
     "HASH_EXCLUDED_KEYS",
     "GEOJSON_COMPRESSIONS",
     "METHODS",
@@ -112,6 +114,7 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "model.trust_code",
     "inference.batch_size",
     "inference.workers",
+    "inference.decode",
     "inference.scheduler",
 )
 
@@ -238,7 +241,18 @@ class InferenceConfig(_Section):
     batch_size
         Tiles per model batch.
     workers
-        Tile-reading threads per slide; 0 reads in the calling thread.
+        Tile-reading threads per slide; 0 reads in the calling thread; ``auto`` (the
+        default): 1 on a CPU with fewer than 8 cores, 2 from 8 cores on, cores - 1 (at
+        most 8) for a GPU (:func:`wsi_saliency.prefetch.resolve_workers`). The number
+        used is recorded in ``run.json`` (``inference.workers``).
+    decode
+        Where the slide's JPEG tiles are decoded: ``cpu`` (the slide reader), ``gpu``
+        (nvJPEG, :mod:`wsi_saliency.jpeg_tiles`) or ``auto`` (the default: ``gpu`` when
+        the device is CUDA, torchvision is importable, the level is a tiled YCbCr JPEG
+        level and the tiles need no resampling; see
+        :func:`wsi_saliency.prefetch.choose_decode`). ``gpu`` falls back to ``cpu`` per
+        slide where it cannot be used; ``run.json`` records what was used and why. Not
+        part of :func:`config_hash` (the decoders agree within JPEG rounding).
     precision
         ``auto`` (bf16 on CUDA and on CPUs with native bfloat16, else fp32), ``fp32``,
         ``bf16`` or ``fp16`` (CUDA only). Replaces the former ``autocast`` key, which is
@@ -253,8 +267,9 @@ class InferenceConfig(_Section):
     SECTION: ClassVar[str] = "inference"
     device: str = "auto"
     batch_size: int = 32
-    workers: int = 2
+    workers: int | Workers = "auto"
     precision: Precision = "auto"
+    decode: Decode = "auto"
     scheduler: str | None = None
 
 
@@ -403,7 +418,18 @@ OPTIONS: tuple[Option, ...] = (
         "fp32, bf16, fp16 (CUDA only) [default: auto].",
     ),
     Option("inference.batch_size", "--batch-size", "Tiles per model batch [default: 32]."),
-    Option("inference.workers", "--workers", "Tile-reading workers [default: 2]."),
+    Option(
+        "inference.workers",
+        "--workers",
+        "Tile-reading threads, or auto (1 on a CPU under 8 cores, cores - 1 up to 8 for a "
+        "GPU) [default: auto].",
+    ),
+    Option(
+        "inference.decode",
+        "--decode",
+        "Decode JPEG tiles on the cpu, the gpu (nvJPEG), or auto (gpu on CUDA for YCbCr "
+        "JPEG levels read without resampling) [default: auto].",
+    ),
     Option(
         "inference.scheduler",
         "--scheduler",
@@ -771,7 +797,8 @@ _RULES: Mapping[str, Callable[[Any], str | None]] = types.MappingProxyType(
         "inference.device": _device,
         "inference.batch_size": lambda v: None if v >= 1 else f"{v} must be >= 1",
         "inference.workers": lambda v: (
-            None if v >= 0 else f"{v} must be >= 0 (0 reads tiles in the main process)"
+            None if v == "auto" or (isinstance(v, int) and v >= 0)
+            else f"{v} must be >= 0 (0 reads tiles in the main process) or auto"
         ),
         "inference.scheduler": _scheduler,
         "output.threshold": _fraction,

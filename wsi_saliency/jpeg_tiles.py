@@ -35,7 +35,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-__all__ = ["JpegLevel", "gpu_jpeg_available", "read_level_region"]
+__all__ = ["JpegLevel", "find_level_page", "gpu_jpeg_available", "read_level_region",
+           "read_regions"]
 
 _JPEG = 7
 _PHOTOMETRIC_YCBCR = 6
@@ -73,6 +74,7 @@ class _Layout:
     offsets: tuple[int, ...]
     counts: tuple[int, ...]
     jpegtables: bytes | None
+    ycbcr_jpeg: bool
     gpu_ok: bool
 
 
@@ -112,19 +114,19 @@ class JpegLevel:
                 raise ValueError(f"{self._path}: page {page} is not 8-bit RGB with "
                                  "contiguous samples")
             self._page = pg
-            gpu_ok = (
+            ycbcr_jpeg = (
                 int(pg.compression) == _JPEG
                 and int(pg.photometric) == _PHOTOMETRIC_YCBCR
                 and pg.samplesperpixel == 3
-                and gpu_jpeg_available(self._device)
             )
+            gpu_ok = ycbcr_jpeg and gpu_jpeg_available(self._device)
             self._layout = _Layout(
                 width=int(pg.imagewidth), height=int(pg.imagelength),
                 tile_w=int(pg.tilewidth), tile_h=int(pg.tilelength),
                 across=math.ceil(pg.imagewidth / pg.tilewidth),
                 offsets=tuple(int(v) for v in pg.dataoffsets),
                 counts=tuple(int(v) for v in pg.databytecounts),
-                jpegtables=pg.jpegtables, gpu_ok=gpu_ok,
+                jpegtables=pg.jpegtables, ycbcr_jpeg=ycbcr_jpeg, gpu_ok=gpu_ok,
             )
         except Exception:
             self._tif.close()
@@ -135,6 +137,11 @@ class JpegLevel:
     def uses_gpu(self) -> bool:
         """Whether tiles of this level are decoded with nvJPEG."""
         return self._layout.gpu_ok
+
+    @property
+    def ycbcr_jpeg(self) -> bool:
+        """Whether the level's tiles are 3-sample YCbCr JPEG (what nvJPEG decodes right)."""
+        return self._layout.ycbcr_jpeg
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -211,6 +218,99 @@ class JpegLevel:
         out = decode_jpeg(data, mode=ImageReadMode.RGB, device=self._device)
         tiles = out if isinstance(out, list) else [out]
         return [t.permute(1, 2, 0) for t in tiles]  # (3, h, w) -> (h, w, 3)
+
+
+def find_level_page(path: str | Path, width: int, height: int) -> int | None:
+    """Index of the first tiled page of a TIFF file that is ``width x height`` px.
+
+    Pyramid levels are tiled pages; an SVS thumbnail or label (stripped) is skipped.
+
+    Parameters
+    ----------
+    path
+        The TIFF / SVS file.
+    width, height
+        The level's size.
+
+    Returns
+    -------
+    int or None
+        None for a file tifffile cannot read or without such a page.
+    """
+    import tifffile  # noqa: PLC0415 - heavy import kept local
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            for k, pg in enumerate(tif.pages):
+                if (isinstance(pg, tifffile.TiffPage) and pg.is_tiled
+                        and (int(pg.imagewidth), int(pg.imagelength)) == (width, height)):
+                    return k
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: the CPU path reads it
+        return None
+    return None
+
+
+def _covering(level: JpegLevel, x: int, y: int, width: int, height: int
+              ) -> list[tuple[int, int]]:
+    lh, lw = level.shape
+    th, tw = level.tile_shape
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + width, lw), min(y + height, lh)
+    if x1 <= x0 or y1 <= y0:
+        return []
+    return [(ty, tx) for ty in range(y0 // th, (y1 - 1) // th + 1)
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1)]
+
+
+def _paste(level: JpegLevel, out: torch.Tensor, x: int, y: int,
+           tiles: dict[tuple[int, int], torch.Tensor]) -> None:
+    lh, lw = level.shape
+    th, tw = level.tile_shape
+    height, width = out.shape[0], out.shape[1]
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + width, lw), min(y + height, lh)
+    for (ty, tx) in _covering(level, x, y, width, height):
+        t = tiles[(ty, tx)]
+        ty0, tx0 = ty * th, tx * tw
+        sy0, sy1 = max(y0, ty0), min(y1, ty0 + th)
+        sx0, sx1 = max(x0, tx0), min(x1, tx0 + tw)
+        out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = t[sy0 - ty0 : sy1 - ty0, sx0 - tx0 : sx1 - tx0]
+
+
+def read_regions(level: JpegLevel, boxes: Sequence[tuple[int, int, int, int]],
+                 *, fill: int = 255) -> torch.Tensor:
+    """Several equal-sized regions of a level, each compressed tile decoded once.
+
+    The tiles under all the regions are decoded in one :meth:`JpegLevel.decode_tiles`
+    call (one batched nvJPEG call on the GPU path), then the regions are assembled.
+
+    Parameters
+    ----------
+    level
+        The level.
+    boxes
+        ``(x, y, width, height)`` in level pixels, all of the same width and height.
+    fill
+        Value of the pixels outside the level.
+
+    Returns
+    -------
+    torch.Tensor
+        uint8 ``(len(boxes), height, width, 3)`` on the decode device.
+    """
+    if not boxes:
+        raise ValueError("read_regions needs at least one box")
+    sizes = {(int(w), int(h)) for _x, _y, w, h in boxes}
+    if len(sizes) != 1:
+        raise ValueError(f"read_regions needs boxes of one size, got {sorted(sizes)}")
+    ((width, height),) = sizes
+    keys = sorted({k for x, y, w, h in boxes for k in _covering(level, x, y, w, h)})
+    decoded = dict(zip(keys, level.decode_tiles(keys), strict=True))
+    device: Any = next(iter(decoded.values())).device if decoded else "cpu"
+    out = torch.full((len(boxes), height, width, 3), fill, dtype=torch.uint8, device=device)
+    for j, (x, y, _w, _h) in enumerate(boxes):
+        _paste(level, out[j], int(x), int(y), decoded)
+    return out
 
 
 def read_level_region(level: JpegLevel, x: int, y: int, width: int, height: int,

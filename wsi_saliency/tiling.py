@@ -40,6 +40,7 @@ __all__ = [
     "check_slide_fits",
     "full_grid",
     "grid_geojson",
+    "level_crops",
     "make_grid",
     "read_tile",
     "read_tiles",
@@ -349,6 +350,23 @@ def _identity_origin(u0: float, v0: float, fx: float, fy: float) -> tuple[int, i
         if abs(u0 - x) < eps and abs(v0 - y) < eps:
             return x, y
     return None
+
+
+def level_crops(grid: TileGrid) -> npt.NDArray[np.int64] | None:
+    """Level-pixel corners ``(N, 2)`` of the tiles when every tile is a plain crop of
+    ``grid.level`` (one level pixel per tile pixel, whole offsets), else None.
+
+    Such tiles are read without resampling (:func:`read_tile`), which is what decoding
+    them straight from the level's compressed tiles needs (``inference.decode: gpu``).
+    """
+    out = np.empty((len(grid), 2), dtype=np.int64)
+    for k in range(len(grid)):
+        _, _, _, _, u0, v0, fx, fy = tile_window(grid, k)
+        crop = _identity_origin(u0, v0, fx, fy)
+        if crop is None:
+            return None
+        out[k] = crop
+    return out
 
 
 def read_tile(

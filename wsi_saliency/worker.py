@@ -31,14 +31,14 @@ from wsi_saliency.finite import finite_tiles
 from wsi_saliency.inputs import model_fingerprint, slide_fingerprint
 from wsi_saliency.models import LoadedModel
 from wsi_saliency.plan import plan_slide
-from wsi_saliency.prefetch import iter_tile_batches
+from wsi_saliency.prefetch import choose_decode, iter_tile_batches, resolve_workers
 from wsi_saliency.readers import SlideReader, open_slide
 from wsi_saliency.run_record import ModelRecord, RunRecord, TilingRecord
 from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.saliency.engine import resolve_device
 from wsi_saliency.saliency.seams import heatmap_seams, resolve_overlap
 from wsi_saliency.stitch import Stitcher, check_tile_geometry
-from wsi_saliency.tiling import read_tiles, tile_cache
+from wsi_saliency.tiling import level_crops, read_tiles, tile_cache
 from wsi_saliency.tissue import save_tissue_png, thumbnail_at_spacing
 from wsi_saliency.types import BatchResult, Mpp, SlideInfo, TileGrid
 from wsi_saliency.writers import (
@@ -140,14 +140,70 @@ def _slide_facts(info: SlideInfo, mpp: Mpp) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _TileFeed:
+    """How a slide's tiles are read: reader threads and where JPEG tiles are decoded."""
+
+    workers: int
+    decode: str  # "cpu" (slide reader + block cache) or "gpu" (jpeg_tiles, nvJPEG)
+    reason: str
+    page: int | None = None  # TIFF page of the read level (gpu)
+    origins: npt.NDArray[np.int64] | None = None  # level corners of the tiles (gpu)
+
+    def record(self, config: RunConfig) -> dict[str, Any]:
+        return {"requested": config.inference.decode, "used": self.decode,
+                "reason": self.reason}
+
+
+def _ycbcr_jpeg_level(path: Path, info: SlideInfo, level: int) -> int | None:
+    """TIFF page of ``level`` when it is a tiled YCbCr JPEG level, else None."""
+    from wsi_saliency.jpeg_tiles import JpegLevel, find_level_page  # noqa: PLC0415
+
+    width, height = info.level_dimensions[level]
+    page = find_level_page(path, int(width), int(height))
+    if page is None:
+        return None
+    try:
+        with JpegLevel(path, page) as lv:
+            return page if lv.ycbcr_jpeg else None
+    except (ValueError, OSError):
+        return None
+
+
+def _tile_feed(path: Path, config: RunConfig, info: SlideInfo, grid: TileGrid,
+               device: torch.device) -> _TileFeed:
+    """Reader threads (``inference.workers``) and decode path (``inference.decode``)."""
+    from wsi_saliency import jpeg_tiles  # noqa: PLC0415
+
+    workers = resolve_workers(config.inference.workers, device.type)
+    requested = config.inference.decode
+    gpu = requested != "cpu" and jpeg_tiles.gpu_jpeg_available(device)
+    origins = level_crops(grid) if gpu else None
+    page = _ycbcr_jpeg_level(path, info, grid.level) if gpu and origins is not None else None
+    used, reason = choose_decode(requested, gpu_decoder=gpu, level_is_ycbcr_jpeg=page is not None,
+                                 plain_crops=origins is not None)
+    if requested == "gpu" and used != "gpu":
+        log.warning("%s: --decode gpu is not possible (%s); decoding on the CPU", path.name,
+                    reason)
+    if used == "gpu":
+        return _TileFeed(workers, used, reason, page=page, origins=origins)
+    return _TileFeed(workers, used, reason)
+
+
 def _tile_batches(
     path: Path,
     config: RunConfig,
     info: SlideInfo,
     grid: TileGrid,
     device: torch.device,
+    feed: _TileFeed | None = None,
 ) -> Iterator[tuple[npt.NDArray[np.int64], Any]]:
-    """Tile batches read ahead by reader threads; pinned tensors on CUDA."""
+    """Tile batches read ahead by reader threads; pinned tensors on CUDA; tensors on the
+    device when the feed decodes on the GPU."""
+    feed = feed or _tile_feed(path, config, info, grid, device)
+    if feed.decode == "gpu":
+        yield from _gpu_tile_batches(path, config, grid, device, feed)
+        return
     cache = tile_cache(grid)  # shared by the reader threads: each slide tile decoded once
 
     def read_batch(reader: SlideReader, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
@@ -161,7 +217,29 @@ def _tile_batches(
         read_batch,
         len(grid),
         batch_size=config.inference.batch_size,
-        workers=config.inference.workers,
+        workers=feed.workers,
+    )
+
+
+def _gpu_tile_batches(path: Path, config: RunConfig, grid: TileGrid, device: torch.device,
+                      feed: _TileFeed) -> Iterator[tuple[npt.NDArray[np.int64], Any]]:
+    """Batches decoded straight from the level's JPEG tiles (nvJPEG on ``device``), each
+    reader thread with its own :class:`~wsi_saliency.jpeg_tiles.JpegLevel`."""
+    from wsi_saliency.jpeg_tiles import JpegLevel, read_regions  # noqa: PLC0415
+
+    assert feed.page is not None and feed.origins is not None
+    page, origins, t = feed.page, feed.origins, grid.tile_size
+
+    def read_batch(level: JpegLevel, idx: npt.NDArray[np.int64]) -> Any:
+        return read_regions(level, [(int(origins[k, 0]), int(origins[k, 1]), t, t)
+                                    for k in idx])
+
+    yield from iter_tile_batches(
+        lambda: JpegLevel(path, page, device=device),
+        read_batch,
+        len(grid),
+        batch_size=config.inference.batch_size,
+        workers=feed.workers,
     )
 
 
@@ -295,10 +373,13 @@ def run_slide(
             slide_path.name, len(grid), tile_size, spacing, grid.level, engine.layer,
             config.model.method, config.model.smoothing, device, engine.precision,
         )
+        feed = _tile_feed(slide_path, config, info, grid, device)
+        log.info("%s: %d reader threads, tiles decoded on the %s (%s)", slide_path.name,
+                 feed.workers, feed.decode, feed.reason)
         n_done = 0
         n_nonfinite = 0
         t_inf = time.perf_counter()
-        for idx, tiles in _tile_batches(slide_path, config, info, grid, device):
+        for idx, tiles in _tile_batches(slide_path, config, info, grid, device, feed):
             with watch.stage("model"):
                 if explain:
                     probs, maps = engine.run(tiles)
@@ -408,7 +489,10 @@ def run_slide(
         device=str(device),
         inference={
             "batch_size": config.inference.batch_size,
-            "workers": config.inference.workers,
+            "workers": feed.workers,
+            "workers_requested": config.inference.workers,
+            "decode": feed.record(config),
+            "batchnorms_folded": len(engine.folded_batchnorms),
             "precision": engine.precision,
             "precision_requested": config.inference.precision,
             "channels_last": engine.channels_last,

@@ -3,7 +3,8 @@
 :func:`config_options` adds a command's rows of :data:`wsi_saliency.config.OPTIONS` as
 ``click`` options. Each option's type follows its field's annotation: a ``Literal``
 becomes ``click.Choice`` of its values, ``bool`` a flag, ``int``/``float`` numbers; a
-``str | int`` field (the target class) reads digits as an index. Every option
+``str | int`` field (the target class) reads digits as an index, and an ``int |
+Literal[...]`` field (``--workers``) takes a number or one of the words. Every option
 defaults to "not given", so the YAML file and the dataclass defaults apply unless it is
 used. :func:`option_overrides` turns the parsed values back into dotted keys for
 :func:`wsi_saliency.config.build_config`.
@@ -55,7 +56,31 @@ def _click_kwargs(hint: Any) -> dict[str, Any]:
             return {"is_flag": True}
         if only in (int, float):
             return {"type": only}
+    words = [a for m in members if typing.get_origin(m) is typing.Literal
+             for a in typing.get_args(m)]
+    if int in members and words and len(members) == 2:
+        return {"type": _IntOrWord(tuple(str(w) for w in words))}
     return {"type": str}
+
+
+class _IntOrWord(click.ParamType):
+    """A whole number or one of a few words (``--workers 3`` / ``--workers auto``)."""
+
+    name = "integer"
+
+    def __init__(self, words: tuple[str, ...]) -> None:
+        self.words = words
+        self.name = "INTEGER|" + "|".join(w.upper() for w in words)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or value in self.words:
+            return value
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a whole number nor one of "
+                      f"{', '.join(self.words)}", param, ctx)
 
 
 def config_options(command: str) -> Callable[[F], F]:

@@ -19,6 +19,7 @@ from wsi_saliency.models import LoadedModel
 from wsi_saliency.models.surrogate_ref import check_surrogate
 from wsi_saliency.saliency.choices import METHODS, SMOOTHING_MODES
 from wsi_saliency.saliency.device import resolve_device
+from wsi_saliency.saliency.fold import fold_batchnorm
 from wsi_saliency.saliency.hooks import register_smoothing_hooks
 from wsi_saliency.saliency.layers import LayerInfo, default_layer, get_layer, trace_layers
 from wsi_saliency.saliency.methods import (
@@ -130,6 +131,12 @@ class SaliencyEngine:
         Explained class (index or class name); ``None`` is the model's tumour class.
     ig_steps
         Integration points for ``integrated-gradients``.
+    fold_bn
+        Fold eval-mode ``BatchNorm2d`` layers into the convolution before them in the
+        engine's copy of the network (:func:`~wsi_saliency.saliency.fold.fold_batchnorm`:
+        the same function up to float rounding, one pass over each feature map less).
+        Never for ``"bilinear"`` smoothing (its surrogates stand in for the convolutions
+        as trained) nor across the explained layer.
 
     Raises
     ------
@@ -157,6 +164,7 @@ class SaliencyEngine:
         channels_last: bool = True,
         target: int | str | None = None,
         ig_steps: int = 16,
+        fold_bn: bool = True,
     ) -> None:
         spec = model.spec
         self._spec = spec
@@ -183,6 +191,10 @@ class SaliencyEngine:
         self._module = module
         self._mean = torch.tensor(spec.mean, device=self._device).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, device=self._device).view(1, 3, 1, 1)
+        # uint8 -> normalised input in one pass: x * scale + shift
+        self._scale = 1.0 / (255.0 * self._std)
+        self._shift = -self._mean / self._std
+        self._folded: tuple[str, ...] = ()
         self._layer_name = ""
         self._map_shape: tuple[int, int] = (0, 0)
         self._stem: str | None = None
@@ -217,6 +229,10 @@ class SaliencyEngine:
         convs = [i for i in infos if isinstance(mods.get(i.name), torch.nn.Conv2d)]
         # the stem (left alone by forward-hook smoothing) is the first convolution to run
         self._stem = min(convs, key=lambda i: i.start).name if convs else None
+        if fold_bn and self._smoothing != "bilinear":
+            self._folded = tuple(fold_batchnorm(module, keep={name}))
+            if self._folded and self._channels_last:
+                module.to(memory_format=torch.channels_last)  # the new weights too
 
     # ------------------------------------------------------------------ properties
     @property
@@ -270,6 +286,11 @@ class SaliencyEngine:
     def channels_last(self) -> bool:
         """Whether the network runs in channels-last memory layout."""
         return self._channels_last
+
+    @property
+    def folded_batchnorms(self) -> tuple[str, ...]:
+        """Module paths of the batch norms folded into their convolutions (``fold_bn``)."""
+        return self._folded
 
     @property
     def target(self) -> int:
@@ -345,12 +366,15 @@ class SaliencyEngine:
         if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
             raise ValueError(f"tiles must be uint8 (B, H, W, 3); got {t.dtype} "
                              f"{tuple(t.shape)}")
-        x = t.to(self._device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        # (B, H, W, 3) viewed as (B, 3, H, W): channels-last strides, no copy
+        u = t.to(self._device, non_blocking=True).permute(0, 3, 1, 2)
         size = self._spec.input_size
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                              antialias=True)
-        x = (x - self._mean) / self._std
+        if u.shape[-2:] != (size, size):
+            x = F.interpolate(u.float().div_(255.0), size=(size, size), mode="bilinear",
+                              align_corners=False, antialias=True)
+            x = (x - self._mean) / self._std
+        else:  # scale and normalise in one pass (same values up to float rounding)
+            x = torch.addcmul(self._shift, u.float(), self._scale)
         if self._channels_last:
             return x.contiguous(memory_format=torch.channels_last)
         return x.contiguous()
