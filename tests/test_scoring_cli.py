@@ -227,7 +227,7 @@ SUFFIX = {write_ncrf_json: "json", write_geojson: "geojson", write_asap_xml: "xm
 def test_e2e_camelyon16_polygons_demo_model(test_data_dir: Path, tmp_path: Path) -> None:
     """Official Camelyon16 polygons (shrunk to 1/2 about the origin) planted at 0.243 um/px
     with the project's tumour texture, plus a negative slide; `run` with the demo model and
-    configuration, then `score`. At 1/2 scale Tumor_081 (279 x 189 um originally) becomes
+    configuration at overlap 0.5, then `score`. At 1/2 scale Tumor_081 (279 x 189 um originally) becomes
     140 x 94 um: an ITC (215 um < 275 um after the growth)."""
     from wsi_saliency.roi import read_annotations
     from wsi_saliency.scoring.planted import planted_slide
@@ -243,8 +243,10 @@ def test_e2e_camelyon16_polygons_demo_model(test_data_dir: Path, tmp_path: Path)
         writer(local, ann / f"{name.lower()}.{SUFFIX[writer]}")
     planted_slide(shapely.Polygon(), slides / "normal_001.tif", size=(2000, 2000), seed=7)
     out = tmp_path / "out"
+    # half-tile overlap as configs/camelyon16.yaml: at the default overlap (1/7) the
+    # probability map is about one tile per value and the pooled pixel Dice is ~0.69
     res = invoke("run", slides, "--out", out, "--config", REPO / "configs" / "demo.yaml",
-                 "--device", "cpu", "-q")
+                 "--overlap", "0.5", "--device", "cpu", "-q")
     assert res.exit_code == 0, res.output
     args = ["score", out, "--out", tmp_path / "scores"]
     for suffix in ("xml", "geojson", "json"):
