@@ -23,6 +23,10 @@ from wsi_saliency.models import load_model
 from wsi_saliency.prefetch import choose_decode, resolve_workers
 from wsi_saliency.worker import run_slide
 
+# torchvision 0.29 deprecates its image decoders (superseded by TorchCodec); they still work
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The image decoding and encoding capabilities:DeprecationWarning")
+
 TILE = 64
 
 SPEC = synthetic.SyntheticSlide(
