@@ -27,8 +27,11 @@ probability of every other class, then any ``extra_maps`` requested.
 
 Blending
 --------
-Overlapping tiles are merged by a weighted average. ``"uniform"`` (the default) gives
-every pixel of every tile weight 1, i.e. a plain average of the tiles that cover a pixel.
+Overlapping tiles are merged by a weighted average. ``"uniform"`` (the Stitcher's default;
+``output.blend`` defaults to ``"reliability"``) gives every pixel of every tile weight 1,
+i.e. a plain average of the tiles that cover a pixel. ``"reliability"`` cross-fades
+linearly over the overlap, weighted by the border profile measured on the slide's tiles,
+and rescales the dim border rows of each saliency map (:mod:`wsi_saliency.border`).
 ``"hann"`` weights tile pixel ``(u, v)`` by ``w(u) * w(v)`` with
 ``w(u) = sin^2(pi * (u + 0.5) / m)``: a smooth window that is never zero (so slide edges
 stay covered) and, at overlap 0.5, sums to exactly 1 between neighbours.

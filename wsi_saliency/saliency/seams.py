@@ -221,12 +221,12 @@ def seam_free_overlap(tile_size: int, map_shape: tuple[int, int]) -> float:
 
     The valid overlap closest to :data:`SEAM_FREE_OVERLAP` (1/7 of the tile: two
     heatmap pixels of a 14 x 14 map, 32 px of a 224 px tile) that puts tile borders on
-    whole heatmap pixels, and at least one heatmap pixel. Blended with the ``hann``
-    window, a heatmap pixel on a tile's first or last map row comes mostly from the
-    neighbouring tile, in which it is one row further in; with the border-aware backward
-    hook this takes the seam ratio of the demo model from 0.13 to 0.95, though a faint
-    line remains at tile junctions (0.8 of the interior; overlap 0.5 removes it at 4x
-    the tiles; see the README's Saliency section). It costs about
+    whole heatmap pixels, and at least one heatmap pixel. With the border-aware backward
+    hook and the ``reliability`` blend (:mod:`wsi_saliency.border`: dim border rows
+    rescaled, overlapping rows weighted by their measured reliability) this takes the
+    demo model's seam ratio from 0.13 to 0.97 and its tile-edge rows to 1.00 of the
+    interior (the ``hann`` blend alone left them at 0.8: a faint grid; see the README's
+    Saliency section). It costs about
     ``(1 / (1 - overlap))^2`` times the tiles of overlap 0 (1.36x for 1/7).
 
     Parameters
