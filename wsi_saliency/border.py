@@ -246,8 +246,8 @@ class CalibratingStitcher:
 
     def _release(self) -> None:
         maps = [np.asarray(r.maps) for r in self._held if r.maps is not None]
-        stack = np.concatenate(maps)[: self._n] if maps else np.zeros((0, 0, 0))
-        self._profile = measure_border_profile(stack) if maps else None
+        self._profile = (measure_border_profile(np.concatenate(maps)[: self._n]) if maps
+                         else None)
         self._stitcher = self._make(self._profile)
         held, self._held = self._held, []
         for r in held:

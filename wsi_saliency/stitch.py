@@ -384,12 +384,12 @@ class Stitcher:
         # (ramp x profile, accumulated in a hidden last channel of ``sum``) and the border
         # gain (1.0 inside every tile); the probability channels keep the ramp, so they
         # are the same with and without saliency
-        calibrated = (blend == "reliability" and saliency and border is not None
-                      and len(border.rows) == mh and len(border.cols) == mw)
-        self._sal_window = (blend_window(blend, (mh, mw), overlap=overlap_px, profile=border)
-                            if calibrated else None)
-        self._sal_gained = (self._sal_window * border.gain()
-                            if self._sal_window is not None and border is not None else None)
+        # (window, window x gain) of the saliency channel; None: it uses self._window
+        self._sal: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
+        if (blend == "reliability" and saliency and border is not None
+                and len(border.rows) == mh and len(border.cols) == mw):
+            sal_window = blend_window(blend, (mh, mw), overlap=overlap_px, profile=border)
+            self._sal = (sal_window, sal_window * border.gain())
         names = tuple(str(c) for c in class_names)
         if len(names) < 1:
             raise ConfigError("class_names is empty: the model must name its classes")
@@ -421,7 +421,7 @@ class Stitcher:
             raise ConfigError(f"heatmap channel names {list(channels)} clash: rename extra_maps")
         self._channels = channels
         self._n_ch = len(channels)
-        self._n_sum = self._n_ch + (self._sal_window is not None)  # + hidden weight channel
+        self._n_sum = self._n_ch + (self._sal is not None)  # + hidden weight channel
         self._chunk = int(chunk_size)
         self._cache_max = int(cache_chunks)
 
@@ -604,11 +604,11 @@ class Stitcher:
         block[:, 0] = probs[:, self._prob_order[0], None, None] * win
         first = 1
         if self._saliency:
-            if self._sal_window is None or self._sal_gained is None:
+            if self._sal is None:
                 block[:, 1] = maps * win
             else:
-                block[:, 1] = maps * self._sal_gained
-                block[:, -1] = self._sal_window
+                block[:, 1] = maps * self._sal[1]
+                block[:, -1] = self._sal[0]
             first = 2
         for j, ci in enumerate(self._prob_order[1:]):
             block[:, first + j] = probs[:, ci, None, None] * win
@@ -679,7 +679,7 @@ class Stitcher:
                 s = np.asarray(self._sum[:, y0:y1, x0:x1])
                 out = np.full((self._n_ch, *s.shape[1:]), np.nan, dtype=np.float32)
                 np.divide(s[: self._n_ch], wt, out=out, where=pos[None])
-                if self._sal_window is not None:  # the saliency channel's own weights
+                if self._sal is not None:  # the saliency channel's own weights
                     out[1] = np.nan
                     np.divide(s[1], s[-1], out=out[1], where=pos & (s[-1] > 0))
                 heat[:, y0:y1, x0:x1] = out
