@@ -32,7 +32,9 @@ from wsi_saliency.saliency.precision import (
     FP16_GRAD_SCALE,
     autocast_context,
     resolve_precision,
+    torch_dtype,
 )
+from wsi_saliency.saliency.stem import StemPlan, plan_stem, sliced_forward
 from wsi_saliency.saliency.surrogate import SurrogateSet, load_surrogates, register_surrogates
 
 __all__ = ["ENGINE_SMOOTHINGS", "SaliencyEngine", "prepared_module", "resolve_device"]
@@ -137,6 +139,12 @@ class SaliencyEngine:
         the same function up to float rounding, one pass over each feature map less).
         Never for ``"bilinear"`` smoothing (its surrogates stand in for the convolutions
         as trained) nor across the explained layer.
+    slice_stem
+        On the CPU, run the network's stem (the per-sample layers before the first
+        branch: ResNet's ``conv1 -> bn1 -> relu -> maxpool``) on cache-sized slices of
+        the batch (:mod:`wsi_saliency.saliency.stem`; same numbers up to float
+        rounding). Used for prediction and the single-pass methods with ``"none"`` or
+        ``"backward-hook"`` smoothing, and never when the stem holds the explained layer.
 
     Raises
     ------
@@ -165,6 +173,7 @@ class SaliencyEngine:
         target: int | str | None = None,
         ig_steps: int = 16,
         fold_bn: bool = True,
+        slice_stem: bool = True,
     ) -> None:
         spec = model.spec
         self._spec = spec
@@ -195,6 +204,7 @@ class SaliencyEngine:
         self._scale = 1.0 / (255.0 * self._std)
         self._shift = -self._mean / self._std
         self._folded: tuple[str, ...] = ()
+        self._stem_plan: StemPlan | None = None
         self._layer_name = ""
         self._map_shape: tuple[int, int] = (0, 0)
         self._stem: str | None = None
@@ -233,6 +243,15 @@ class SaliencyEngine:
             self._folded = tuple(fold_batchnorm(module, keep={name}))
             if self._folded and self._channels_last:
                 module.to(memory_format=torch.channels_last)  # the new weights too
+        if (slice_stem and self._device.type == "cpu"
+                and self._smoothing in ("none", "backward-hook")
+                and self._method not in CAPTUM_METHODS):
+            size = spec.input_size
+            sample = torch.zeros((1, 3, size, size), device=self._device)
+            if self._channels_last:
+                sample = sample.contiguous(memory_format=torch.channels_last)
+            itemsize = torch.empty((), dtype=torch_dtype(self._precision)).element_size()
+            self._stem_plan = plan_stem(module, sample, keep={name}, itemsize=itemsize)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -291,6 +310,11 @@ class SaliencyEngine:
     def folded_batchnorms(self) -> tuple[str, ...]:
         """Module paths of the batch norms folded into their convolutions (``fold_bn``)."""
         return self._folded
+
+    @property
+    def stem_plan(self) -> StemPlan | None:
+        """The stem run on slices of the batch (``slice_stem``), or ``None``."""
+        return self._stem_plan
 
     @property
     def target(self) -> int:
@@ -398,6 +422,12 @@ class SaliencyEngine:
             for h in handles:
                 h.remove()
 
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's forward pass (its stem sliced where :attr:`stem_plan` says)."""
+        if self._stem_plan is None:
+            return self._module(x)
+        return sliced_forward(self._module, self._stem_plan, x)
+
     def _empty(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         h, w = self._map_shape
         return (np.zeros((0, self._spec.num_classes), np.float32),
@@ -416,7 +446,7 @@ class SaliencyEngine:
             return self._empty()[0]
         x = self.preprocess(tiles)
         with torch.inference_mode(), self._forward_hooks(), self._autocast_ctx():
-            logits = self._module(x)
+            logits = self._forward(x)
         probs: npt.NDArray[np.float32] = (
             torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float32, copy=False))
         return probs
@@ -459,7 +489,7 @@ class SaliencyEngine:
             handles.extend(self._register_smoothing())
             handles.append(self._layer_module.register_forward_hook(capture))
             with torch.enable_grad(), self._autocast_ctx():
-                logits = self._module(x)
+                logits = self._forward(x)
             if not captured:
                 raise SaliencyUnsupportedError(f"layer {name!r} did not run in the forward "
                                                "pass")
