@@ -270,6 +270,8 @@ def test_precisions_give_the_same_grid_and_outputs_within_the_guard(
         run = json.loads((runs[name] / "prec" / "run.json").read_text())
         assert run["inference"]["precision"] == name
         assert run["inference"]["precision_requested"] == name
+        stem = run["inference"]["stem_slices"]  # the demo model's stem, sliced on the CPU
+        assert stem["modules"][0] == "stem.conv" and stem["tiles_per_slice"] >= 1
         assert run["config"]["inference"]["precision"] == name
         summary = json.loads((runs[name] / "batch-summary.json").read_text())
         assert summary["precision"] == {"requested": name, "used": name}

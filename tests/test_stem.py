@@ -56,6 +56,28 @@ def test_chain_is_the_per_sample_prefix_up_to_the_first_branch() -> None:
     assert stem_chain(net) == ("conv1",)  # a training batch norm mixes the samples
 
 
+def test_chain_never_enters_a_kept_container() -> None:
+    net = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU()),
+        nn.Flatten(), nn.Linear(8 * 16 * 16, 2),
+    ).eval()
+    assert stem_chain(net) == ("0.0", "0.1", "1.0", "1.1")
+    assert stem_chain(net, keep={"1"}) == ("0.0", "0.1")  # "1"'s hooks see its own output
+    assert stem_chain(net, keep={"0"}) == ()
+
+
+def test_stem_ends_where_the_maps_have_shrunk_to_a_quarter() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),  # 16 x 32 x 32: the largest map
+        nn.MaxPool2d(2),  # a quarter of it: the stem ends here
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 16 * 16, 2),
+    ).eval()
+    assert stem_chain(net) == ("0", "1", "2", "3", "4")
+    plan = plan_stem(net, torch.zeros(1, 3, 32, 32), slice_bytes=16 * 32 * 32 * 4 * 2)
+    assert plan == StemPlan(("0", "1", "2"), 2)
+
+
 def test_no_chain_for_functional_starts_shared_modules_or_untraceable_nets() -> None:
     class Functional(Net):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,3 +180,23 @@ def test_engine_does_not_slice_where_it_could_change_the_explanation() -> None:
     assert SaliencyEngine(model, layer="block", smoothing="forward-hook").stem_plan is None
     assert SaliencyEngine(model, layer="block", method="integrated-gradients").stem_plan is None
     assert SaliencyEngine(model, layer="block", method=None).stem_plan is not None
+
+
+def test_engine_explaining_a_container_slices_only_before_it() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),  # explained: a container
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+        nn.Flatten(), nn.Linear(8 * 64 * 64, 2),
+    ).eval()
+    model = LoadedModel(spec=_spec(), module=net)
+    sliced = SaliencyEngine(model, layer="1", method="gradient-x-activation")
+    whole = SaliencyEngine(model, layer="1", method="gradient-x-activation", slice_stem=False)
+    assert sliced.stem_plan is not None and sliced.stem_plan.paths == ("0.0", "0.1")
+    sliced._stem_plan = StemPlan(sliced.stem_plan.paths, 2)
+    tiles = np.random.default_rng(2).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    p1, m1 = sliced.run(tiles)
+    p0, m0 = whole.run(tiles)
+    np.testing.assert_allclose(p1, p0, atol=1e-6)
+    np.testing.assert_allclose(m1, m0, rtol=1e-5, atol=1e-7)

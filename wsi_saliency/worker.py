@@ -493,6 +493,9 @@ def run_slide(
             "workers_requested": config.inference.workers,
             "decode": feed.record(config),
             "batchnorms_folded": len(engine.folded_batchnorms),
+            "stem_slices": (None if engine.stem_plan is None else
+                            {"modules": list(engine.stem_plan.paths),
+                             "tiles_per_slice": engine.stem_plan.slice_size}),
             "precision": engine.precision,
             "precision_requested": config.inference.precision,
             "channels_last": engine.channels_last,

@@ -65,20 +65,23 @@ def stem_chain(module: nn.Module, keep: Collection[str] = ()) -> tuple[str, ...]
     The chain starts at the network's only input; each module takes the previous one's
     output as its only argument, that output feeds nothing else, the module runs once per
     forward pass, is one of the per-sample kinds (convolution, eval-mode batch norm,
-    activation, pooling, identity) and is not in ``keep``.
+    activation, pooling, identity) and is neither in ``keep`` nor inside a module in
+    ``keep`` (a container's hooks must see its own output).
 
     Parameters
     ----------
     module
         The network (not changed).
     keep
-        Module paths that must run on the whole batch (e.g. the explained layer).
+        Module paths that must run on the whole batch, with everything inside them
+        (e.g. the explained layer).
 
     Returns
     -------
     tuple of str
         Empty when the network cannot be traced by :mod:`torch.fx` or starts otherwise.
     """
+    kept = tuple(keep)
     try:
         graph = torch.fx.symbolic_trace(module).graph
     except Exception:  # noqa: BLE001 - an untraceable network is simply run whole
@@ -95,7 +98,7 @@ def stem_chain(module: nn.Module, keep: Collection[str] = ()) -> tuple[str, ...]
         name = str(nxt.target)
         m = mods.get(name) if nxt.op == "call_module" else None
         if (m is None or not isinstance(m, _PER_SAMPLE) or nxt.args != (node,) or nxt.kwargs
-                or calls[name] != 1 or name in keep
+                or calls[name] != 1 or any(name == k or name.startswith(k + ".") for k in kept)
                 or (isinstance(m, nn.BatchNorm2d) and m.training)):
             break
         chain.append(name)
@@ -107,6 +110,11 @@ def plan_stem(module: nn.Module, sample: torch.Tensor, keep: Collection[str] = (
               itemsize: int | None = None,
               slice_bytes: int = STEM_SLICE_BYTES) -> StemPlan | None:
     """The stem chain and its slice size, or ``None`` when there is nothing to slice.
+
+    The stem is :func:`stem_chain` up to the first module whose output is at most a
+    quarter of the largest map so far (ResNet's max-pool after its stride-2 convolution:
+    the memory-bound part is over; deeper layers lose speed on small slices). The slice
+    size is the number of samples whose largest stem map fits in ``slice_bytes``.
 
     Parameters
     ----------
@@ -135,9 +143,13 @@ def plan_stem(module: nn.Module, sample: torch.Tensor, keep: Collection[str] = (
     largest = sample.numel() * size
     with torch.inference_mode():
         y = sample
-        for p in paths:
+        for i, p in enumerate(paths):
             y = mods[p](y)
-            largest = max(largest, y.numel() * size)
+            out = y.numel() * size
+            largest = max(largest, out)
+            if 4 * out <= largest:
+                paths = paths[: i + 1]
+                break
     return StemPlan(paths=paths, slice_size=max(1, slice_bytes // largest))
 
 
