@@ -256,6 +256,11 @@ def main() -> None:
             base2_cl = baseline(model, tiles, bs, device, nchw=False)
             print(f"  baseline again (load drift check)             : {base2:8.1f} patches/s "
                   f"(channels-last strides {base2_cl:.1f})")
+            mean, mean_cl = (base + base2) / 2, (base_cl + base2_cl) / 2
+            print(f"  against the mean of both baselines ({mean:.1f}; channels-last strides "
+                  f"{mean_cl:.1f}): job with saliency {sal / mean:.2f}x (goal >= 1.8x; "
+                  f"{sal / mean_cl:.2f}x), --method none {pred / mean:.2f}x (goal >= 2.5x; "
+                  f"{pred / mean_cl:.2f}x)")
 
 
 if __name__ == "__main__":
