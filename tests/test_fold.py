@@ -5,19 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _spec import tiny_spec
 from torch import nn
 
-from wsi_saliency.models import LoadedModel, ModelSpec
+from wsi_saliency.models import LoadedModel
 from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.saliency.fold import fold_batchnorm, foldable_pairs
-
-
-def _spec(**kw: object) -> ModelSpec:
-    base = dict(name="t", architecture="x", num_classes=2, class_names=("normal", "tumor"),
-                patch_size=64, spacing=0.5, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                tumor_class=1)
-    base.update(kw)
-    return ModelSpec(**base)  # type: ignore[arg-type]
 
 
 class Net(nn.Module):
@@ -92,7 +85,7 @@ def test_engine_folds_its_own_copy_with_the_same_outputs() -> None:
         if isinstance(m, nn.BatchNorm2d):
             m.running_var.uniform_(0.5, 2.0)
             m.running_mean.uniform_(-0.2, 0.2)
-    model = LoadedModel(spec=_spec(architecture="resnet18", patch_size=224), module=net)
+    model = LoadedModel(spec=tiny_spec(architecture="resnet18", patch_size=224), module=net)
     tiles = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
     folded = SaliencyEngine(model, method="gradient-x-activation", precision="fp32")
     plain = SaliencyEngine(model, method="gradient-x-activation", precision="fp32",
@@ -108,7 +101,7 @@ def test_engine_folds_its_own_copy_with_the_same_outputs() -> None:
 
 
 def test_explained_layer_is_never_folded_away() -> None:
-    model = LoadedModel(spec=_spec(), module=_net())
+    model = LoadedModel(spec=tiny_spec(), module=_net())
     eng = SaliencyEngine(model, layer="conv1", method="gradient-x-activation")
     assert "bn1" not in eng.folded_batchnorms and "bn3" in eng.folded_batchnorms
     tiles = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)

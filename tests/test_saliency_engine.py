@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from _spec import tiny_spec
 from torch import nn
 
 from wsi_saliency.errors import (
@@ -15,7 +16,7 @@ from wsi_saliency.errors import (
     SaliencyUnsupportedError,
     WsiSaliencyError,
 )
-from wsi_saliency.models import DemoCNN, LoadedModel, ModelSpec, load_model
+from wsi_saliency.models import DemoCNN, LoadedModel, load_model
 from wsi_saliency.saliency import (
     METHODS,
     SaliencyEngine,
@@ -46,20 +47,13 @@ def demo_tiles() -> tuple[np.ndarray, np.ndarray]:
     return sample_patches(demo_slide_spec(), 8, 224, 0.5, seed=5)
 
 
-def _spec(**kw: object) -> ModelSpec:
-    base = dict(name="t", architecture="x", num_classes=2, class_names=("normal", "tumor"),
-                patch_size=224, spacing=0.5, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                tumor_class=1)
-    base.update(kw)
-    return ModelSpec(**base)  # type: ignore[arg-type]
-
 
 @pytest.fixture(scope="module")
 def resnet18() -> LoadedModel:
     tvm = pytest.importorskip("torchvision.models")
     torch.manual_seed(0)
     net = tvm.resnet18(weights=None, num_classes=2).eval()
-    return LoadedModel(spec=_spec(architecture="resnet18"), module=net)
+    return LoadedModel(spec=tiny_spec(224, architecture="resnet18"), module=net)
 
 
 # ------------------------------------------------------------------ contract
@@ -315,7 +309,7 @@ class TinyNet(nn.Module):
 def test_no_hooks_left_after_success_error_and_unknown_layer() -> None:
     torch.manual_seed(0)
     net = TinyNet().eval()
-    model = LoadedModel(spec=_spec(patch_size=32), module=net)
+    model = LoadedModel(spec=tiny_spec(32), module=net)
     tiles = np.full((2, 32, 32, 3), 128, np.uint8)
     for smoothing in ("none", "backward-hook", "forward-hook"):
         for method in ("gradient", "integrated-gradients"):
@@ -343,7 +337,7 @@ def test_torchscript_model_refuses_saliency(tmp_path: object) -> None:
     net = TinyNet().eval()
     with pytest.warns(FutureWarning):  # torch.jit.trace is deprecated in torch >= 2.9
         traced = torch.jit.trace(net, torch.zeros(1, 3, 32, 32))
-    model = LoadedModel(spec=dataclasses.replace(_spec(patch_size=32), torchscript=True,
+    model = LoadedModel(spec=dataclasses.replace(tiny_spec(32), torchscript=True,
                                                  source="/m", weights_file="ts.pt"),
                         module=traced)
     with pytest.raises(SaliencyUnsupportedError, match="config.json.*safetensors"):
@@ -373,7 +367,7 @@ def test_engine_leaves_the_callers_model_untouched() -> None:
     """Training flag, requires_grad and device of the caller's module stay as they were."""
     torch.manual_seed(0)
     net = TinyNet().train()
-    model = LoadedModel(spec=_spec(patch_size=32), module=net)
+    model = LoadedModel(spec=tiny_spec(32), module=net)
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     tiles = np.full((2, 32, 32, 3), 128, np.uint8)
     for smoothing in ("none", "backward-hook", "forward-hook"):

@@ -5,19 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _spec import tiny_spec
 from torch import nn
 
-from wsi_saliency.models import LoadedModel, ModelSpec
+from wsi_saliency.models import LoadedModel
 from wsi_saliency.saliency import SaliencyEngine
 from wsi_saliency.saliency.stem import StemPlan, plan_stem, sliced_forward, stem_chain
-
-
-def _spec(**kw: object) -> ModelSpec:
-    base = dict(name="t", architecture="x", num_classes=2, class_names=("normal", "tumor"),
-                patch_size=64, spacing=0.5, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                tumor_class=1)
-    base.update(kw)
-    return ModelSpec(**base)  # type: ignore[arg-type]
 
 
 class Net(nn.Module):
@@ -158,7 +151,7 @@ def test_tree_is_restored_when_the_rest_of_the_network_fails() -> None:
 
 
 def test_engine_slices_the_stem_with_the_same_outputs() -> None:
-    model = LoadedModel(spec=_spec(), module=_net())
+    model = LoadedModel(spec=tiny_spec(), module=_net())
     tiles = np.random.default_rng(0).integers(0, 256, (9, 64, 64, 3), dtype=np.uint8)
     sliced = SaliencyEngine(model, layer="block", method="gradient-x-activation")
     whole = SaliencyEngine(model, layer="block", method="gradient-x-activation",
@@ -174,7 +167,7 @@ def test_engine_slices_the_stem_with_the_same_outputs() -> None:
 
 
 def test_engine_does_not_slice_where_it_could_change_the_explanation() -> None:
-    model = LoadedModel(spec=_spec(), module=_net())
+    model = LoadedModel(spec=tiny_spec(), module=_net())
     assert SaliencyEngine(model, layer="relu", method="gradient").stem_plan == StemPlan(
         ("conv1", "bn1"), SaliencyEngine(model, layer="relu").stem_plan.slice_size)  # type: ignore[union-attr]
     assert SaliencyEngine(model, layer="block", smoothing="forward-hook").stem_plan is None
@@ -190,7 +183,7 @@ def test_engine_explaining_a_container_slices_only_before_it() -> None:
         nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
         nn.Flatten(), nn.Linear(8 * 64 * 64, 2),
     ).eval()
-    model = LoadedModel(spec=_spec(), module=net)
+    model = LoadedModel(spec=tiny_spec(), module=net)
     sliced = SaliencyEngine(model, layer="1", method="gradient-x-activation")
     whole = SaliencyEngine(model, layer="1", method="gradient-x-activation", slice_stem=False)
     assert sliced.stem_plan is not None and sliced.stem_plan.paths == ("0.0", "0.1")
