@@ -172,6 +172,10 @@ def _set(root: nn.Module, path: str, m: nn.Module) -> None:
 def sliced_forward(module: nn.Module, plan: StemPlan, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` with the stem run on slices of ``plan.slice_size`` samples.
 
+    The chain's modules stand aside during the call, so, like the engine's hooks, two
+    threads must not run the same module through it at once (each slide job builds its
+    own engine).
+
     Parameters
     ----------
     module
