@@ -193,3 +193,21 @@ def test_engine_explaining_a_container_slices_only_before_it() -> None:
     p0, m0 = whole.run(tiles)
     np.testing.assert_allclose(p1, p0, atol=1e-6)
     np.testing.assert_allclose(m1, m0, rtol=1e-5, atol=1e-7)
+
+
+def test_resnet18_default_plan_slices_a_batch_with_the_same_outputs() -> None:
+    tvm = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    net = tvm.resnet18(weights=None, num_classes=2).eval()
+    model = LoadedModel(spec=tiny_spec(224, architecture="resnet18"), module=net)
+    sliced = SaliencyEngine(model, method="gradient-x-activation", precision="fp32")
+    whole = SaliencyEngine(model, method="gradient-x-activation", precision="fp32",
+                           slice_stem=False)
+    # 64 x 112 x 112 float32 = 3.2 MB per tile: 5 tiles per 16 MiB slice
+    assert sliced.stem_plan == StemPlan(("conv1", "bn1", "relu", "maxpool"), 5)
+    tiles = np.random.default_rng(3).integers(0, 256, (12, 224, 224, 3), dtype=np.uint8)
+    p1, m1 = sliced.run(tiles)
+    p0, m0 = whole.run(tiles)
+    np.testing.assert_allclose(p1, p0, atol=1e-6)
+    np.testing.assert_allclose(m1, m0, rtol=1e-5, atol=1e-6 * np.abs(m0).max())
+    np.testing.assert_allclose(sliced.predict(tiles), p0, atol=1e-6)
