@@ -19,6 +19,8 @@ batch size and torch threads, prints in one run:
 * the accuracy guard of the precision used against fp32 NCHW on the same tiles:
   max |dp| (goal <= 0.01) and Pearson correlation of the saliency maps (goal >= 0.99).
 
+On a CUDA device each job also prints how busy the GPU was (``nvidia-smi``'s
+``utilization.gpu`` sampled every 100 ms, :mod:`gpu_busy`; goal >= 90 %).
 For the jobs it also prints where the time went (``SlideResult.timings``: ``model`` is
 the engine's calls in the main thread, ``inference`` the whole tile loop, so
 ``inference - model - stitch`` is time spent waiting for the reader threads), the reader
@@ -45,6 +47,7 @@ import dataclasses
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +67,7 @@ from wsi_saliency.worker import check_run, heatmap_map_shape, run_slide
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_worker import resnet18_dir  # noqa: E402
+from gpu_busy import GpuBusy  # noqa: E402
 
 
 def slide_tiles(model: LoadedModel, cfg: RunConfig, slide: Path) -> npt.NDArray[np.uint8]:
@@ -121,9 +125,13 @@ def job(model: LoadedModel, cfg: RunConfig, slide: Path, root: Path) -> tuple[fl
     import json
 
     out = Path(tempfile.mkdtemp(dir=root))
-    t = time.perf_counter()
-    res = run_slide(slide, model, cfg, out)
-    total = time.perf_counter() - t
+    device = resolve_device(cfg.inference.device)
+    with GpuBusy(index=device.index or 0) if device.type == "cuda" else nullcontext() as busy:
+        t = time.perf_counter()
+        res = run_slide(slide, model, cfg, out)
+        total = time.perf_counter() - t
+    if busy is not None:
+        print(f"    {busy.describe()}")
     inf = json.loads((out / "run.json").read_text())["inference"]
     tm = res.timings
     wait = tm.get("inference", 0.0) - tm.get("model", 0.0) - tm.get("stitch", 0.0)
