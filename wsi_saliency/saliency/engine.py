@@ -140,9 +140,9 @@ class SaliencyEngine:
         Never for ``"bilinear"`` smoothing (its surrogates stand in for the convolutions
         as trained) nor across the explained layer.
     slice_stem
-        On the CPU, run the network's stem (the per-sample layers before the first
-        branch: ResNet's ``conv1 -> bn1 -> relu -> maxpool``) on cache-sized slices of
-        the batch (:mod:`wsi_saliency.saliency.stem`; same numbers up to float
+        On the CPU, run the network's stem (the per-sample layers it starts with, up
+        to the first branch or to where the maps have shrunk to a quarter: ResNet's
+        ``conv1 -> bn1 -> relu -> maxpool``) on cache-sized slices of the batch (:mod:`wsi_saliency.saliency.stem`; same numbers up to float
         rounding). Used for prediction and the single-pass methods with ``"none"`` or
         ``"backward-hook"`` smoothing, and never when the stem holds the explained layer.
 
