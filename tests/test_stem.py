@@ -102,6 +102,9 @@ def test_slice_size_fits_the_largest_stem_map_in_the_budget() -> None:
     assert plan_stem(net, sample, itemsize=2, slice_bytes=3 * largest).slice_size == 6  # type: ignore[union-attr]
     assert plan_stem(net, sample, slice_bytes=1).slice_size == 1  # type: ignore[union-attr]
     assert plan_stem(nn.Sequential(nn.Flatten(), nn.Linear(3 * 64 * 64, 2)), sample) is None
+    patchify = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), nn.Flatten(), nn.Linear(16 * 16 * 16, 2))
+    assert stem_chain(patchify) == ("0",)
+    assert plan_stem(patchify, sample) is None  # one module: nothing to keep in the cache
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
