@@ -87,7 +87,16 @@ def test_no_chain_for_functional_starts_shared_modules_or_untraceable_nets() -> 
                 x = -x
             return super().forward(x)
 
+    class Aliased(Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = self.conv1  # the same module under a second name
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x)
+
     assert stem_chain(Functional().eval()) == ()
+    assert stem_chain(Aliased().eval()) == ()
     assert stem_chain(Shared().eval()) == ("conv1", "bn1")  # relu runs twice
     assert stem_chain(Branchy().eval()) == ()
 

@@ -64,9 +64,9 @@ def stem_chain(module: nn.Module, keep: Collection[str] = ()) -> tuple[str, ...]
 
     The chain starts at the network's only input; each module takes the previous one's
     output as its only argument, that output feeds nothing else, the module runs once per
-    forward pass, is one of the per-sample kinds (convolution, eval-mode batch norm,
-    activation, pooling, identity) and is neither in ``keep`` nor inside a module in
-    ``keep`` (a container's hooks must see its own output).
+    forward pass, is registered under one name only, is one of the per-sample kinds
+    (convolution, eval-mode batch norm, activation, pooling, identity) and is neither in
+    ``keep`` nor inside a module in ``keep`` (a container's hooks must see its own output).
 
     Parameters
     ----------
@@ -91,6 +91,8 @@ def stem_chain(module: nn.Module, keep: Collection[str] = ()) -> tuple[str, ...]
         return ()
     mods = dict(module.named_modules())
     calls = Counter(str(n.target) for n in graph.nodes if n.op == "call_module")
+    # a module reachable under two names could be called through the one not stood aside
+    names = Counter(id(m) for _, m in module.named_modules(remove_duplicate=False))
     chain: list[str] = []
     node = inputs[0]
     while len(node.users) == 1:
@@ -98,7 +100,7 @@ def stem_chain(module: nn.Module, keep: Collection[str] = ()) -> tuple[str, ...]
         name = str(nxt.target)
         m = mods.get(name) if nxt.op == "call_module" else None
         if (m is None or not isinstance(m, _PER_SAMPLE) or nxt.args != (node,) or nxt.kwargs
-                or calls[name] != 1 or any(name == k or name.startswith(k + ".") for k in kept)
+                or calls[name] != 1 or names[id(m)] != 1 or any(name == k or name.startswith(k + ".") for k in kept)
                 or (isinstance(m, nn.BatchNorm2d) and m.training)):
             break
         chain.append(name)
