@@ -19,7 +19,7 @@ from wsi_saliency.models import LoadedModel
 from wsi_saliency.models.surrogate_ref import check_surrogate
 from wsi_saliency.saliency.choices import METHODS, SMOOTHING_MODES
 from wsi_saliency.saliency.device import resolve_device
-from wsi_saliency.saliency.fold import fold_batchnorm
+from wsi_saliency.saliency.fold import fold_batchnorm, fx_graph
 from wsi_saliency.saliency.hooks import register_smoothing_hooks
 from wsi_saliency.saliency.layers import LayerInfo, default_layer, get_layer, trace_layers
 from wsi_saliency.saliency.methods import (
@@ -239,19 +239,23 @@ class SaliencyEngine:
         convs = [i for i in infos if isinstance(mods.get(i.name), torch.nn.Conv2d)]
         # the stem (left alone by forward-hook smoothing) is the first convolution to run
         self._stem = min(convs, key=lambda i: i.start).name if convs else None
-        if fold_bn and self._smoothing != "bilinear":
-            self._folded = tuple(fold_batchnorm(module, keep={name}))
+        fold = fold_bn and self._smoothing != "bilinear"
+        slice_ = (slice_stem and self._device.type == "cpu"
+                  and self._smoothing in ("none", "backward-hook")
+                  and self._method not in CAPTUM_METHODS)
+        graph = fx_graph(module) if fold or slice_ else None  # one trace for both
+        if fold and graph is not None:
+            self._folded = tuple(fold_batchnorm(module, keep={name}, graph=graph))
             if self._folded and self._channels_last:
                 module.to(memory_format=torch.channels_last)  # the new weights too
-        if (slice_stem and self._device.type == "cpu"
-                and self._smoothing in ("none", "backward-hook")
-                and self._method not in CAPTUM_METHODS):
+        if slice_ and graph is not None:
             size = spec.input_size
             sample = torch.zeros((1, 3, size, size), device=self._device)
             if self._channels_last:
                 sample = sample.contiguous(memory_format=torch.channels_last)
             itemsize = torch.empty((), dtype=torch_dtype(self._precision)).element_size()
-            self._stem_plan = plan_stem(module, sample, keep={name}, itemsize=itemsize)
+            self._stem_plan = plan_stem(module, sample, keep={name}, graph=graph,
+                                        itemsize=itemsize)
 
     # ------------------------------------------------------------------ properties
     @property

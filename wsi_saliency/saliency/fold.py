@@ -24,10 +24,24 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
-__all__ = ["fold_batchnorm", "foldable_pairs"]
+__all__ = ["fold_batchnorm", "foldable_pairs", "fx_graph"]
 
 
-def foldable_pairs(module: nn.Module, keep: Collection[str] = ()) -> list[tuple[str, str]]:
+def fx_graph(module: nn.Module) -> torch.fx.Graph | None:
+    """The :func:`torch.fx.symbolic_trace` graph of a network, or ``None`` if untraceable.
+
+    Its ``call_module`` nodes name modules by path, so the graph stays valid after
+    :func:`fold_batchnorm` replaces batch norms by ``nn.Identity`` under the same names
+    (the engine traces once for folding and for :mod:`wsi_saliency.saliency.stem`).
+    """
+    try:
+        return torch.fx.symbolic_trace(module).graph
+    except Exception:  # noqa: BLE001 - any untraceable network is simply left as it is
+        return None
+
+
+def foldable_pairs(module: nn.Module, keep: Collection[str] = (),
+                   graph: torch.fx.Graph | None = None) -> list[tuple[str, str]]:
     """``(conv, batchnorm)`` module paths whose batch norm can be folded into the conv.
 
     A pair qualifies when the ``nn.Conv2d``'s output feeds only the ``nn.BatchNorm2d``,
@@ -40,15 +54,16 @@ def foldable_pairs(module: nn.Module, keep: Collection[str] = ()) -> list[tuple[
         The network (not changed).
     keep
         Module paths whose output must stay as it is (e.g. the explained layer).
+    graph
+        The network's :func:`fx_graph`, if already traced.
 
     Returns
     -------
     list of (str, str)
         Empty when the network cannot be traced by :mod:`torch.fx`.
     """
-    try:
-        graph = torch.fx.symbolic_trace(module).graph
-    except Exception:  # noqa: BLE001 - any untraceable network is simply not folded
+    graph = graph if graph is not None else fx_graph(module)
+    if graph is None:
         return []
     mods = dict(module.named_modules())
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
@@ -71,7 +86,8 @@ def foldable_pairs(module: nn.Module, keep: Collection[str] = ()) -> list[tuple[
     return pairs
 
 
-def fold_batchnorm(module: nn.Module, keep: Collection[str] = ()) -> list[str]:
+def fold_batchnorm(module: nn.Module, keep: Collection[str] = (),
+                   graph: torch.fx.Graph | None = None) -> list[str]:
     """Fold every :func:`foldable_pairs` batch norm into its convolution, in place.
 
     Parameters
@@ -80,6 +96,8 @@ def fold_batchnorm(module: nn.Module, keep: Collection[str] = ()) -> list[str]:
         An eval-mode network; changed in place (fold a copy).
     keep
         Module paths whose output must stay as it is.
+    graph
+        The network's :func:`fx_graph`, if already traced.
 
     Returns
     -------
@@ -88,7 +106,7 @@ def fold_batchnorm(module: nn.Module, keep: Collection[str] = ()) -> list[str]:
     """
     mods = dict(module.named_modules())
     folded: list[str] = []
-    for conv_name, bn_name in foldable_pairs(module, keep):
+    for conv_name, bn_name in foldable_pairs(module, keep, graph):
         conv, bn = mods[conv_name], mods[bn_name]
         assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
         assert bn.running_mean is not None and bn.running_var is not None

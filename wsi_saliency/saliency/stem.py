@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from wsi_saliency.saliency.fold import fx_graph
+
 __all__ = ["STEM_SLICE_BYTES", "StemPlan", "plan_stem", "sliced_forward", "stem_chain"]
 
 #: Largest feature map of one slice of the stem, in bytes: the slice is the number of
@@ -59,7 +61,8 @@ class StemPlan:
     slice_size: int
 
 
-def stem_chain(module: nn.Module, keep: Collection[str] = ()) -> tuple[str, ...]:
+def stem_chain(module: nn.Module, keep: Collection[str] = (),
+               graph: torch.fx.Graph | None = None) -> tuple[str, ...]:
     """Module paths of the network's stem: the per-sample modules run first, one after another.
 
     The chain starts at the network's only input; each module takes the previous one's
@@ -75,6 +78,8 @@ def stem_chain(module: nn.Module, keep: Collection[str] = ()) -> tuple[str, ...]
     keep
         Module paths that must run on the whole batch, with everything inside them
         (e.g. the explained layer).
+    graph
+        The network's :func:`~wsi_saliency.saliency.fold.fx_graph`, if already traced.
 
     Returns
     -------
@@ -82,9 +87,8 @@ def stem_chain(module: nn.Module, keep: Collection[str] = ()) -> tuple[str, ...]
         Empty when the network cannot be traced by :mod:`torch.fx` or starts otherwise.
     """
     kept = tuple(keep)
-    try:
-        graph = torch.fx.symbolic_trace(module).graph
-    except Exception:  # noqa: BLE001 - an untraceable network is simply run whole
+    graph = graph if graph is not None else fx_graph(module)
+    if graph is None:
         return ()
     inputs = [n for n in graph.nodes if n.op == "placeholder"]
     if len(inputs) != 1:
@@ -109,7 +113,7 @@ def stem_chain(module: nn.Module, keep: Collection[str] = ()) -> tuple[str, ...]
 
 
 def plan_stem(module: nn.Module, sample: torch.Tensor, keep: Collection[str] = (), *,
-              itemsize: int | None = None,
+              graph: torch.fx.Graph | None = None, itemsize: int | None = None,
               slice_bytes: int = STEM_SLICE_BYTES) -> StemPlan | None:
     """The stem chain and its slice size, or ``None`` when there is nothing to slice.
 
@@ -128,6 +132,8 @@ def plan_stem(module: nn.Module, sample: torch.Tensor, keep: Collection[str] = (
         One input ``(1, C, H, W)`` at the model's input size, in the network's dtype.
     keep
         Module paths that must run on the whole batch.
+    graph
+        The network's :func:`~wsi_saliency.saliency.fold.fx_graph`, if already traced.
     itemsize
         Bytes per element of the chain's feature maps as the network will run (2 under
         bfloat16 autocast); default the sample's.
@@ -139,7 +145,7 @@ def plan_stem(module: nn.Module, sample: torch.Tensor, keep: Collection[str] = (
     StemPlan or None
         ``None`` when the network has no stem chain of two or more modules.
     """
-    paths = stem_chain(module, keep)
+    paths = stem_chain(module, keep, graph)
     if not paths:
         return None
     mods = dict(module.named_modules())
